@@ -1,0 +1,154 @@
+"""The ``sweeper`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from sweeper.errors import SweeperError
+
+
+def _quiet() -> None:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _workspace(args: argparse.Namespace):  # noqa: ANN202
+    from sweeper.config.experiment import load_experiment
+    from sweeper.pipeline import Workspace
+
+    exp = load_experiment(args.experiment)
+    if getattr(args, "output", None):
+        exp = exp.__class__(**{**exp.__dict__, "output": Path(args.output)})
+    if getattr(args, "pool", None):
+        exp = exp.__class__(**{**exp.__dict__, "pool": args.pool})
+    if getattr(args, "workers", None):
+        exp = exp.__class__(**{**exp.__dict__, "workers": args.workers})
+    print(f"sweeper: preparing {exp.name} (model, calibration, FP32 reference)...", file=sys.stderr)
+    return Workspace(exp)
+
+
+def _tracker(ws, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    if getattr(args, "no_tracking", False):
+        return None
+    from sweeper.tracking.tracker import Tracker
+
+    return Tracker(ws.exp.name, ws.exp.tracking_uri)
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from sweeper.search.baseline import format_table, run_baseline
+
+    ws = _workspace(args)
+    tracker = _tracker(ws, args)
+    pool = ws.pool(address=args.address)
+    try:
+        rep = run_baseline(ws, pool, tracker)
+    finally:
+        pool.close()
+        ws.close()
+    print(f"\nStep 1 - baseline precision: {ws.exp.name} ({ws.exp.metric}, max drop {ws.exp.max_drop})")
+    print(format_table(rep, ws.exp.metric))
+    print(f"\n{rep.interpretation}")
+    if rep.chosen:
+        print(f"chosen: {rep.chosen}  -> {rep.output / (rep.chosen + '.onnx')}")
+    print(f"results: {rep.output / 'results.json'}")
+    if tracker is not None:
+        print(f"MLflow: {tracker.uri} (experiment {ws.exp.name!r}; `sweeper ui` to browse)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sweeper.export.encodings_io import read_encodings
+    from sweeper.export.qdq import export_qdq, save_export
+    from sweeper.quant.precision import Precision
+    from sweeper.quant.profile import Profile
+
+    ws = _workspace(args)
+    try:
+        if args.encodings:
+            profile = ws.table.load_aimet(read_encodings(args.encodings))
+        else:
+            try:
+                prec = Precision.parse(args.precision)
+            except ValueError as exc:
+                raise SweeperError("--precision", str(exc)) from None
+            profile = Profile.uniform([g.name for g in ws.graph.groups], prec)
+        out = Path(args.out)
+        model = export_qdq(ws.graph, ws.table, profile)
+        save_export(model, ws.table.to_aimet(profile), out, out.with_suffix(".encodings"))
+    finally:
+        ws.close()
+    print(f"exported {profile.label()} -> {out} and {out.with_suffix('.encodings')}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from sweeper.tracking.tracker import resolve_uri
+
+    uri = resolve_uri(args.uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} ({uri}); Ctrl-C to stop", file=sys.stderr)
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import sweeper
+
+    p = argparse.ArgumentParser(prog="sweeper", description="Post-training quantization sweeps for ONNX models.")
+    p.add_argument("--version", action="version", version=f"sweeper {sweeper.__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("experiment", help="experiment YAML file")
+        sp.add_argument("--output", help="output directory (overrides the experiment file)")
+        sp.add_argument("--pool", choices=["ray", "local"], help="worker pool (default: the experiment's, ray)")
+        sp.add_argument("--workers", type=int, help="number of parallel workers")
+        sp.add_argument("--address", default=None, help="Ray cluster address (default: start a local runtime)")
+        sp.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+    for name, fn, helptext in [("run", cmd_baseline, "the whole workflow (currently: Step 1, baseline)"),
+                               ("baseline", cmd_baseline, "Step 1: simulate every candidate precision")]:
+        sp = sub.add_parser(name, help=helptext)
+        common(sp)
+        sp.set_defaults(func=fn)
+    sp = sub.add_parser("export", help="export one profile as ONNX QDQ + AIMET encodings")
+    common(sp)
+    group = sp.add_mutually_exclusive_group(required=True)
+    group.add_argument("--precision", help="uniform precision, e.g. w8a8")
+    group.add_argument("--encodings", help="an AIMET encodings JSON to export")
+    sp.add_argument("--out", required=True, help="path of the exported .onnx")
+    sp.set_defaults(func=cmd_export)
+    sp = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the project's store")
+    sp.add_argument("--uri", default=None)
+    sp.add_argument("--port", type=int, default=5000)
+    sp.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SweeperError as exc:
+        print(f"sweeper: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sweeper: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

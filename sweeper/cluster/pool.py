@@ -1,0 +1,158 @@
+"""WorkerPool: evaluate Profiles on QuantSim replicas, results returned as they complete."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from sweeper.quant.profile import Profile
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs to build its QuantSim; sent once (Ray object store)."""
+
+    model_bytes: bytes
+    stats: Any  # CalibrationStats
+    quant_config: Any  # QuantConfig
+    metric: str
+    higher_is_better: bool
+    batch_size: int
+    input_names: list[str]
+    data: dict[str, np.ndarray]
+    reference: list[np.ndarray] | None
+    threads: int = 1
+
+
+@dataclass
+class Result:
+    profile: Profile
+    metric: float
+    eval_seconds: float
+    worker: str = ""
+
+
+class SimWorker:
+    """Holds one QuantSim (one ONNX Runtime session) and evaluates profiles on it."""
+
+    def __init__(self, spec: WorkerSpec, name: str = "local") -> None:
+        import onnx
+
+        from sweeper.eval.metrics import make_evaluator
+        from sweeper.model.graph import ModelGraph
+        from sweeper.sim.encodings import EncodingTable
+        from sweeper.sim.quantsim import QuantSim
+
+        self.name = name
+        model = onnx.load_from_string(spec.model_bytes)
+        graph = ModelGraph(model)
+        self.table = EncodingTable(graph, spec.stats, spec.quant_config)
+        self.sim = QuantSim(graph, self.table, threads=spec.threads)
+        self.evaluator = make_evaluator(spec.metric, spec.higher_is_better, spec.batch_size, spec.input_names)
+        self.data = spec.data
+        self.reference = spec.reference
+
+    def evaluate(self, profile_json: dict[str, str]) -> tuple[dict[str, str], float, float, str]:
+        profile = Profile.from_json(profile_json)
+        t0 = time.perf_counter()
+        self.sim.apply(profile)
+        metric = float(self.evaluator.evaluate(self.sim.run, self.data, self.reference))
+        return profile_json, metric, time.perf_counter() - t0, self.name
+
+
+class WorkerPool(Protocol):
+    size: int
+
+    def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessPool:
+    """Same interface as the Ray pool, evaluating in this process (for debugging and unit tests)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.worker = SimWorker(spec, "local-0")
+        self.size = 1
+
+    def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
+        for p in profiles:
+            pj, metric, secs, name = self.worker.evaluate(p.to_json())
+            yield Result(Profile.from_json(pj), metric, secs, name)
+
+    def close(self) -> None:
+        pass
+
+
+def _quiet_ray_env() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+class RayPool:
+    """SimWorker actors on Ray; the spec goes through the object store once; dispatch keeps every
+    worker busy and yields results as they complete."""
+
+    def __init__(self, spec: WorkerSpec, workers: int, address: str | None = None) -> None:
+        _quiet_ray_env()
+        import logging
+
+        import ray
+
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS")
+            kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
+                                          logging_level=logging.ERROR, configure_logging=True)
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=max(workers * spec.threads, os.cpu_count() or 1), **kwargs)
+            self._started = True
+        spec_ref = ray.put(spec)
+        actor_cls = ray.remote(num_cpus=spec.threads, max_restarts=-1, max_task_retries=-1)(_RaySimWorker)
+        self.actors = [actor_cls.remote(spec_ref, f"ray-{i}") for i in range(workers)]
+        self.size = workers
+
+    def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
+        ray = self._ray
+        pending = list(profiles)
+        idle = list(self.actors)
+        running: dict[Any, Any] = {}
+        while pending or running:
+            while pending and idle:
+                actor = idle.pop()
+                ref = actor.evaluate.remote(pending.pop(0).to_json())
+                running[ref] = actor
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                actor = running.pop(ref)
+                idle.append(actor)
+                pj, metric, secs, name = ray.get(ref)
+                yield Result(Profile.from_json(pj), metric, secs, name)
+
+    def close(self) -> None:
+        for a in self.actors:
+            self._ray.kill(a)
+        self.actors = []
+        if self._started:
+            self._ray.shutdown()
+
+
+class _RaySimWorker(SimWorker):
+    def __init__(self, spec: WorkerSpec, name: str) -> None:
+        super().__init__(spec, name)
+
+
+def make_pool(kind: str, spec: WorkerSpec, workers: int, address: str | None = None) -> WorkerPool:
+    if kind == "local":
+        return InProcessPool(spec)
+    return RayPool(spec, workers, address)

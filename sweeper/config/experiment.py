@@ -1,0 +1,446 @@
+"""The experiment file: read once, validated completely, turned into frozen dataclasses.
+
+Every mistake in the file becomes a :class:`~sweeper.errors.SweeperError` whose ``where`` is
+``"<file>: <dotted.field>"`` and whose message says what was found and what is expected, on one line.
+Code past :func:`load_experiment` trusts the :class:`Experiment` it gets.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeper.errors import SweeperError
+from sweeper.quant.encoding import SCHEMES
+from sweeper.quant.precision import Precision
+
+BUILTIN_METRICS = ("top1", "cosine", "sqnr")
+POOLS = ("ray", "local")
+DEFAULT_CANDIDATES = ("w8a8", "w8a16", "w16a16", "fp16", "w4a8", "w4a16")
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_WORKERS = 2
+DEFAULT_PERCENTILE = 99.99
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_IMPORT_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
+
+_TOP_KEYS = (
+    "name", "model", "data", "metric", "higher_is_better", "batch_size", "target", "candidates",
+    "calibration", "workers", "pool", "threads_per_worker", "output", "tracking",
+)
+_MODEL_KEYS = ("onnx", "torch")
+_DATA_KEYS = ("calibration", "evaluation")
+_TARGET_KEYS = ("max_drop",)
+_CALIBRATION_KEYS = ("scheme", "percentile", "samples", "act_symmetric", "weight_symmetric", "per_channel")
+_TRACKING_KEYS = ("uri",)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Exactly one is set: an existing ONNX file (absolute path) or a torch factory import path."""
+
+    onnx: Path | None
+    torch: str | None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Each is an absolute path to an existing ``.npz`` file or a ``pkg.module:function`` import path."""
+
+    calibration: str
+    evaluation: str
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    scheme: str = "minmax"
+    percentile: float = DEFAULT_PERCENTILE
+    samples: int | None = None
+    act_symmetric: bool = False
+    weight_symmetric: bool = True
+    per_channel: bool = True
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    path: Path  # the experiment file, absolute
+    model: ModelSpec
+    data: DataSpec
+    metric: str  # a built-in metric name or a resolved-once pkg.module:function
+    higher_is_better: bool
+    batch_size: int
+    max_drop: float
+    candidates: tuple[Precision, ...]
+    calibration: CalibrationSpec
+    workers: int
+    pool: str
+    threads_per_worker: int
+    output: Path  # absolute; not created at load time
+    tracking_uri: str | None  # None: MLFLOW_TRACKING_URI or sqlite:///mlflow.db (see sweeper.tracking)
+
+
+# ----------------------------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 rules make it a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _check_duplicates(node: yaml.Node, file: str, prefix: str = "") -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            dotted = f"{prefix}{key}"
+            if key is not None:
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise SweeperError(
+                        f"{file}: {dotted}",
+                        f"key {key!r} appears twice (lines {seen[key]} and {line}): expected each key once",
+                    )
+                seen[key] = line
+            _check_duplicates(value_node, file, f"{dotted}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, file, f"{prefix[:-1]}[{i}].")
+
+
+def _read_yaml(path: Path, file: str) -> Any:
+    if not path.exists():
+        raise SweeperError(file, "experiment file not found: expected an existing YAML file")
+    if not path.is_file():
+        raise SweeperError(file, "is not a file: expected a YAML experiment file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SweeperError(file, f"cannot read the experiment file ({type(exc).__name__}: {exc})") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(node, file)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SweeperError(file, f"not valid YAML: {problem}{at}") from None
+    finally:
+        loader.dispose()
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _describe(value: Any) -> str:
+    """How a YAML value is shown in messages: the value and its YAML kind."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (int, float)):
+        return f"{value!r} (a number)"
+    if isinstance(value, str):
+        return f"{value!r} (a string)"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{value!r} ({type(value).__name__})"
+
+
+class _Ctx:
+    """Where errors point: the experiment file as given, and its folder for relative paths."""
+
+    def __init__(self, file: str, folder: Path) -> None:
+        self.file = file
+        self.folder = folder
+
+    def where(self, field: str) -> str:
+        return f"{self.file}: {field}"
+
+    def error(self, field: str, message: str) -> SweeperError:
+        return SweeperError(self.where(field), message)
+
+
+def _mapping(ctx: _Ctx, value: Any, field: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ctx.error(field, f"found {_describe(value)}: expected a mapping with keys {', '.join(allowed)}")
+    for key in value:
+        if key not in allowed:
+            dotted = f"{field}.{key}" if field else str(key)
+            raise ctx.error(dotted, f"unknown key {key!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def _required(ctx: _Ctx, section: Mapping[str, Any], key: str, field: str, hint: str) -> Any:
+    if key not in section or section[key] is None:
+        raise ctx.error(field, f"missing: expected {hint}")
+    return section[key]
+
+
+def _string(ctx: _Ctx, value: Any, field: str, expected: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ctx.error(field, f"found {_describe(value)}: expected {expected}")
+    return value.strip()
+
+
+def _bool(ctx: _Ctx, section: Mapping[str, Any], key: str, field: str, default: bool) -> bool:
+    value = section.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ctx.error(field, f"found {_describe(value)}: expected true or false")
+    return value
+
+
+def _int(ctx: _Ctx, section: Mapping[str, Any], key: str, field: str, default: int | None, minimum: int) -> Any:
+    value = section.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ctx.error(field, f"found {_describe(value)}: expected {what}")
+    return value
+
+
+def _number(ctx: _Ctx, value: Any, field: str, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ctx.error(field, f"found {_describe(value)}: expected {expected}")
+    return float(value)
+
+
+def _local_path(ctx: _Ctx, text: str) -> Path:
+    p = Path(os.path.expanduser(text))
+    if not p.is_absolute():
+        p = ctx.folder / p
+    return Path(os.path.normpath(p))
+
+
+def _existing_file(ctx: _Ctx, text: str, field: str, what: str) -> Path:
+    p = _local_path(ctx, text)
+    if not p.exists():
+        raise ctx.error(field, f"{what} not found: {p} (relative paths are relative to {ctx.folder})")
+    if not p.is_file() or not os.access(p, os.R_OK):
+        raise ctx.error(field, f"{what} is not a readable file: {p}")
+    return p
+
+
+def _import_path(ctx: _Ctx, text: str, field: str, expected: str) -> str:
+    if not _IMPORT_PATH.match(text):
+        raise ctx.error(field, f"found {text!r}: expected {expected}")
+    return text
+
+
+# --------------------------------------------------------------------------------------- sections
+
+
+def _name(ctx: _Ctx, raw: Mapping[str, Any]) -> str:
+    value = _required(ctx, raw, "name", "name", "a name made of letters, digits, '_', '.' and '-'")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ctx.error("name", f"found {_describe(value)}: expected letters, digits, '_', '.' and '-' only")
+    return value
+
+
+def _model(ctx: _Ctx, raw: Mapping[str, Any]) -> ModelSpec:
+    section = _mapping(ctx, _required(ctx, raw, "model", "model", "a mapping with onnx or torch"),
+                       "model", _MODEL_KEYS)
+    given = [k for k in _MODEL_KEYS if section.get(k) is not None]
+    if len(given) != 1:
+        found = "both onnx and torch" if len(given) == 2 else "neither"
+        raise ctx.error("model", f"found {found}: expected exactly one of onnx (a .onnx file) "
+                                 "or torch (pkg.module:factory)")
+    if given[0] == "onnx":
+        text = _string(ctx, section["onnx"], "model.onnx", "a path to a .onnx file")
+        return ModelSpec(onnx=_existing_file(ctx, text, "model.onnx", "model file"), torch=None)
+    text = _string(ctx, section["torch"], "model.torch", "an import path pkg.module:factory")
+    return ModelSpec(onnx=None, torch=_import_path(ctx, text, "model.torch",
+                                                   "an import path pkg.module:factory"))
+
+
+def _data_source(ctx: _Ctx, section: Mapping[str, Any], key: str) -> str:
+    field = f"data.{key}"
+    expected = "a .npz file or an import path pkg.module:function"
+    text = _string(ctx, _required(ctx, section, key, field, expected), field, expected)
+    if text.lower().endswith(".npz"):
+        return str(_existing_file(ctx, text, field, "data file"))
+    if _IMPORT_PATH.match(text):
+        return text
+    raise ctx.error(field, f"found {text!r}: expected {expected}")
+
+
+def _data(ctx: _Ctx, raw: Mapping[str, Any]) -> DataSpec:
+    section = _mapping(ctx, _required(ctx, raw, "data", "data", "a mapping with calibration and evaluation"),
+                       "data", _DATA_KEYS)
+    return DataSpec(calibration=_data_source(ctx, section, "calibration"),
+                    evaluation=_data_source(ctx, section, "evaluation"))
+
+
+def _metric(ctx: _Ctx, raw: Mapping[str, Any]) -> tuple[str, bool]:
+    expected = f"one of {', '.join(BUILTIN_METRICS)} or an import path pkg.module:function"
+    text = _string(ctx, _required(ctx, raw, "metric", "metric", expected), "metric", expected)
+    higher = _bool(ctx, raw, "higher_is_better", "higher_is_better", True)
+    if text in BUILTIN_METRICS:
+        if not higher:
+            raise ctx.error("higher_is_better", f"found false: built-in metric {text} is higher-is-better; "
+                                                "expected true or no higher_is_better")
+        return text, True
+    if not _IMPORT_PATH.match(text):
+        raise ctx.error("metric", f"unknown metric {text!r}: expected {expected}")
+    from sweeper.model.intake import resolve_callable  # imports onnx; only needed for user metrics
+
+    resolve_callable(text, ctx.where("metric"))  # fail now, not in a worker
+    return text, higher
+
+
+def _max_drop(ctx: _Ctx, raw: Mapping[str, Any]) -> float:
+    section = _mapping(ctx, _required(ctx, raw, "target", "target", "a mapping with max_drop"),
+                       "target", _TARGET_KEYS)
+    expected = "a number >= 0 (the allowed absolute drop, in metric units)"
+    value = _number(ctx, _required(ctx, section, "max_drop", "target.max_drop", expected),
+                    "target.max_drop", expected)
+    if value < 0:
+        raise ctx.error("target.max_drop", f"found {value!r} (negative): expected {expected}")
+    return value
+
+
+def _candidates(ctx: _Ctx, raw: Mapping[str, Any]) -> tuple[Precision, ...]:
+    value = raw.get("candidates")
+    if value is None:
+        return tuple(Precision.parse(n) for n in DEFAULT_CANDIDATES)
+    if not isinstance(value, list) or not value:
+        raise ctx.error("candidates", f"found {_describe(value)}: expected a non-empty list of precisions "
+                                      "such as [w8a8, w8a16, fp16]")
+    out: list[Precision] = []
+    for i, item in enumerate(value):
+        field = f"candidates[{i}]"
+        if not isinstance(item, str):
+            raise ctx.error(field, f"found {_describe(item)}: expected a precision name such as w8a16 or fp16")
+        try:
+            p = Precision.parse(item)
+        except ValueError as exc:
+            raise ctx.error(field, str(exc)) from None
+        if p in out:
+            raise ctx.error(field, f"{p.name} is listed twice: expected each precision once")
+        out.append(p)
+    return tuple(out)
+
+
+def _calibration(ctx: _Ctx, raw: Mapping[str, Any]) -> CalibrationSpec:
+    value = raw.get("calibration")
+    section = {} if value is None else _mapping(ctx, value, "calibration", _CALIBRATION_KEYS)
+    scheme = section.get("scheme", "minmax")
+    if scheme is None:
+        scheme = "minmax"
+    if scheme not in SCHEMES:
+        raise ctx.error("calibration.scheme", f"found {_describe(scheme)}: expected one of {', '.join(SCHEMES)}")
+    percentile = DEFAULT_PERCENTILE
+    if section.get("percentile") is not None:
+        expected = "a number in (0, 100]"
+        if scheme != "percentile":
+            raise ctx.error("calibration.percentile",
+                            f"set with scheme {scheme}: expected percentile only with scheme: percentile")
+        percentile = _number(ctx, section["percentile"], "calibration.percentile", expected)
+        if not 0 < percentile <= 100:
+            raise ctx.error("calibration.percentile", f"found {percentile!r}: expected {expected}")
+    return CalibrationSpec(
+        scheme=scheme,
+        percentile=percentile,
+        samples=_int(ctx, section, "samples", "calibration.samples", None, 1),
+        act_symmetric=_bool(ctx, section, "act_symmetric", "calibration.act_symmetric", False),
+        weight_symmetric=_bool(ctx, section, "weight_symmetric", "calibration.weight_symmetric", True),
+        per_channel=_bool(ctx, section, "per_channel", "calibration.per_channel", True),
+    )
+
+
+def _pool(ctx: _Ctx, raw: Mapping[str, Any]) -> str:
+    value = raw.get("pool")
+    if value is None:
+        return "ray"
+    if value not in POOLS:
+        raise ctx.error("pool", f"found {_describe(value)}: expected one of {', '.join(POOLS)}")
+    return value
+
+
+def _output(ctx: _Ctx, raw: Mapping[str, Any], name: str) -> Path:
+    value = raw.get("output")
+    text = f"runs/{name}" if value is None else _string(ctx, value, "output", "a directory path")
+    out = Path(os.path.abspath(os.path.expanduser(text)))
+    if out.exists() and not out.is_dir():
+        raise ctx.error("output", f"{out} is a file: expected a directory (existing or to be created)")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ctx.error("output", f"cannot create {out}: {parent} is a file, expected a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        what = "the output directory" if parent == out else f"its nearest existing parent {parent}"
+        raise ctx.error("output", f"{out} is not writable ({what} is read-only): expected a writable directory")
+    return out
+
+
+def _tracking(ctx: _Ctx, raw: Mapping[str, Any]) -> str | None:
+    value = raw.get("tracking")
+    if value is None:
+        return None
+    section = _mapping(ctx, value, "tracking", _TRACKING_KEYS)
+    if section.get("uri") is None:
+        return None
+    return _string(ctx, section["uri"], "tracking.uri", "an MLflow tracking URI such as sqlite:///mlflow.db")
+
+
+def load_experiment(path: str | os.PathLike[str]) -> Experiment:
+    """Read and validate an experiment file; raise :class:`SweeperError` on the first problem."""
+    file = os.fspath(path)
+    p = Path(file).expanduser()
+    raw = _read_yaml(p, file)
+    if not isinstance(raw, Mapping):
+        found = "an empty file" if raw is None else _describe(raw)
+        raise SweeperError(file, f"found {found}: expected a YAML mapping of settings ({', '.join(_TOP_KEYS)})")
+    ctx = _Ctx(file, p.resolve().parent)
+    _mapping(ctx, raw, "", _TOP_KEYS)
+    name = _name(ctx, raw)
+    model = _model(ctx, raw)
+    data = _data(ctx, raw)
+    metric, higher = _metric(ctx, raw)
+    batch_size = _int(ctx, raw, "batch_size", "batch_size", DEFAULT_BATCH_SIZE, 1)
+    max_drop = _max_drop(ctx, raw)
+    candidates = _candidates(ctx, raw)
+    calibration = _calibration(ctx, raw)
+    workers = _int(ctx, raw, "workers", "workers", DEFAULT_WORKERS, 1)
+    pool = _pool(ctx, raw)
+    threads = _int(ctx, raw, "threads_per_worker", "threads_per_worker", 1, 1)
+    output = _output(ctx, raw, name)
+    tracking_uri = _tracking(ctx, raw)
+    return Experiment(
+        name=name, path=p.resolve(), model=model, data=data, metric=metric, higher_is_better=higher,
+        batch_size=batch_size, max_drop=max_drop, candidates=candidates, calibration=calibration,
+        workers=workers, pool=pool, threads_per_worker=threads, output=output, tracking_uri=tracking_uri,
+    )

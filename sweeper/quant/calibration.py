@@ -1,0 +1,149 @@
+"""Calibration statistics: one pass over the calibration data, per-tensor min/max and histograms.
+
+Statistics do not depend on the precision, so one pass serves every candidate. Masking sentinels (values
+such as -3.4e38 that transformer exports add to attention scores) are counted apart: the range covers the
+real values only, so a sentinel saturates at the edge of the grid instead of wiping out its resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+SENTINEL_ABS = 1e30  # |x| at or above this is a masking sentinel (finfo(float32).min is -3.4e38)
+BINS = 2048
+
+
+@dataclass
+class TensorStats:
+    """Running statistics of one tensor."""
+
+    min: float = np.inf
+    max: float = -np.inf
+    hist: np.ndarray | None = None
+    edges: np.ndarray | None = None
+    count: int = 0
+    sentinels: int = 0
+    sentinel_value: float = 0.0
+    shape: tuple[int, ...] = field(default_factory=tuple)
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, np.float32).ravel()
+        mask = np.abs(x) >= SENTINEL_ABS
+        n_sent = int(mask.sum())
+        if n_sent:
+            self.sentinels += n_sent
+            self.sentinel_value = float(x[mask][np.argmax(np.abs(x[mask]))])
+            x = x[~mask]
+        x = x[np.isfinite(x)]
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        self.count += x.size
+        if self.hist is None or self.edges is None:
+            self.min, self.max = lo, hi
+            self.edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, BINS + 1)
+            self.hist = np.histogram(x, self.edges)[0].astype(np.int64)
+            return
+        if lo < self.edges[0] or hi > self.edges[-1]:
+            self._widen(min(lo, float(self.edges[0])), max(hi, float(self.edges[-1])))
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.hist += np.histogram(x, self.edges)[0]
+
+    def _widen(self, lo: float, hi: float) -> None:
+        """Re-bin the histogram over a wider range (old bins spread by their centres)."""
+        assert self.hist is not None and self.edges is not None
+        centres = 0.5 * (self.edges[:-1] + self.edges[1:])
+        new_edges = np.linspace(lo, hi, BINS + 1)
+        self.hist = np.histogram(centres, new_edges, weights=self.hist)[0].astype(np.int64)
+        self.edges = new_edges
+
+    @property
+    def sentinel_fraction(self) -> float:
+        total = self.count + self.sentinels
+        return self.sentinels / total if total else 0.0
+
+    @property
+    def degenerate(self) -> bool:
+        """No real range at all (e.g. an additive attention mask: real values are all zero)."""
+        return self.count == 0 or self.max - self.min <= 0.0
+
+
+@dataclass
+class CalibrationStats:
+    """Statistics of every activation quantizer plus the observed shapes of the tensors asked for."""
+
+    tensors: dict[str, TensorStats]
+    shapes: dict[str, tuple[int, ...]]
+    samples: int
+
+    def sentinel_report(self) -> dict[str, dict[str, float | str]]:
+        """Tensors where masking sentinels were found, and how they are handled."""
+        out: dict[str, dict[str, float | str]] = {}
+        for name, st in self.tensors.items():
+            if st.sentinels:
+                out[name] = {
+                    "sentinel_value": st.sentinel_value,
+                    "sentinel_fraction": round(st.sentinel_fraction, 4),
+                    "real_min": st.min if st.count else 0.0,
+                    "real_max": st.max if st.count else 0.0,
+                    "handling": "kept float (mask only, no real range)" if st.degenerate
+                    else "range of real values; sentinel saturates to the lowest grid value",
+                }
+        return out
+
+
+def batches(data: Mapping[str, np.ndarray], names: list[str], batch_size: int) -> Iterable[dict[str, np.ndarray]]:
+    n = len(next(iter(data[k] for k in names)))
+    for start in range(0, n, batch_size):
+        yield {k: data[k][start:start + batch_size] for k in names}
+
+
+def collect(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    extra_shapes: list[str],
+    data: Mapping[str, np.ndarray],
+    input_names: list[str],
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    threads: int = 0,
+) -> CalibrationStats:
+    """Run the FP32 model once over ``data`` with every tensor of interest exposed as an output."""
+    import onnxruntime as ort
+
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    existing = {o.name for o in aug.graph.output}
+    wanted = list(dict.fromkeys(list(tensors) + list(extra_shapes)))
+    for t in wanted:
+        if t not in existing and t not in input_names:
+            aug.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(aug.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    out_names = [o.name for o in sess.get_outputs()]
+    stats = {t: TensorStats() for t in tensors}
+    shapes: dict[str, tuple[int, ...]] = {}
+    seen = 0
+    for feeds in batches(data, input_names, batch_size):
+        if max_samples is not None and seen >= max_samples:
+            break
+        if max_samples is not None:
+            feeds = {k: v[: max_samples - seen] for k, v in feeds.items()}
+        seen += len(next(iter(feeds.values())))
+        values = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
+        values.update(feeds)
+        for t in wanted:
+            v = values.get(t)
+            if v is None:
+                continue
+            if t in stats:
+                stats[t].update(v)
+                stats[t].shape = tuple(v.shape)
+            shapes[t] = tuple(v.shape)
+    return CalibrationStats(tensors=stats, shapes=shapes, samples=seen)

@@ -1,0 +1,91 @@
+"""Step 1: baseline precision. Simulate FP32 and every candidate, find the lowest-cost one that meets the
+target, and read the pattern the way the workflow does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweeper.pipeline import StagedOutput, Workspace
+from sweeper.quant.precision import Precision
+from sweeper.quant.profile import Profile
+from sweeper.search.evaluate import Evaluated, evaluate_profiles, write_json
+from sweeper.tracking.tracker import Tracker
+
+
+@dataclass
+class BaselineReport:
+    fp32_metric: float
+    rows: list[Evaluated]
+    chosen: str | None
+    interpretation: str
+    output: Path
+
+
+def interpret(ok: dict[str, bool]) -> str:
+    """The workflow's reading of which precisions pass."""
+    def passes(name: str) -> bool | None:
+        return ok.get(name)
+
+    if passes("w8a8"):
+        return "w8a8 meets the target: the model quantizes well at 8 bits."
+    if passes("w8a16") and passes("w8a8") is False:
+        return "w8a16 meets the target but w8a8 does not: activation-sensitive (keep 16-bit activations or mix)."
+    if passes("w16a16") and passes("w8a16") is False:
+        return "w16a16 meets the target but w8a16 does not: weight-sensitive (keep 16-bit weights or mix)."
+    int_ok = [k for k, v in ok.items() if v and k != "fp16"]
+    if passes("fp16") and not int_ok:
+        return "only fp16 meets the target: layer-sensitive (a few layers need float; try LiteMP / AMP)."
+    if not any(ok.values()):
+        return "no candidate meets the target: relax max_drop or use AdaRound/QAT."
+    return "see the table: the cheapest passing candidate is marked."
+
+
+def run_baseline(ws: Workspace, pool, tracker: Tracker | None) -> BaselineReport:  # noqa: ANN001
+    exp = ws.exp
+    groups = [g.name for g in ws.graph.groups]
+    profiles = {p.name: Profile.uniform(groups, p) for p in exp.candidates}
+    out = StagedOutput(exp.output, "baseline")
+    try:
+        if tracker is not None:
+            tracker.start_step("baseline", {"strategy": "baseline", "candidates": ",".join(profiles),
+                                            "calibration_scheme": exp.calibration.scheme,
+                                            "max_drop": exp.max_drop, "groups": len(groups)})
+        results = evaluate_profiles(ws, pool, profiles, "baseline", out.path, tracker)
+        rows = sorted(results.values(), key=lambda r: (r.bops_ratio, r.size_mb, -r.metric))
+        passing = [r for r in rows if r.meets_target]
+        chosen = passing[0].name if passing else None
+        interpretation = interpret({r.name: r.meets_target for r in rows})
+        final = out.final
+        for r in rows:  # paths as they will be after the staging folder moves into place
+            r.onnx = str(final / Path(r.onnx).name) if r.onnx else None
+            r.encodings = str(final / Path(r.encodings).name) if r.encodings else None
+        doc = {
+            "experiment": exp.name, "metric": exp.metric, "fp32_metric": ws.fp32_metric, "max_drop": exp.max_drop,
+            "chosen": chosen, "interpretation": interpretation,
+            "sentinels": ws.stats.sentinel_report(),
+            "results": [r.to_json() for r in rows],
+        }
+        write_json(out.path / "results.json", doc)
+        final = out.commit()
+        if tracker is not None:
+            tracker.end_step({"fp32_metric": ws.fp32_metric}, [final / "results.json"])
+    except BaseException:
+        out.abort()
+        raise
+    return BaselineReport(ws.fp32_metric, rows, chosen, interpretation, final)
+
+
+def format_table(rep: BaselineReport, metric: str) -> str:
+    head = f"{'precision':<10} {metric:>10} {'drop':>9} {'BOPs':>7} {'size MB':>8} {'eval s':>7}  target"
+    lines = [head, "-" * len(head), f"{'fp32':<10} {rep.fp32_metric:>10.4f} {0.0:>9.4f} {'-':>7} {'-':>8} {'-':>7}"]
+    for r in rep.rows:
+        mark = "ok" if r.meets_target else "-"
+        if r.name == rep.chosen:
+            mark = "ok  <= chosen (lowest cost meeting the target)"
+        lines.append(f"{r.name:<10} {r.metric:>10.4f} {r.drop:>9.4f} {r.bops_ratio:>6.2f}x {r.size_mb:>8.3f} "
+                     f"{r.eval_seconds:>7.2f}  {mark}")
+    return "\n".join(lines)
+
+
+__all__ = ["BaselineReport", "Precision", "format_table", "interpret", "run_baseline"]

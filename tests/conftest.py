@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny onnx.helper graphs, calibrated and ready for a QuantSim."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...], scale: float = 0.3) -> onnx.TensorProto:
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def cnn_model(seed: int = 0) -> onnx.ModelProto:
+    """Conv+Relu -> MaxPool -> Conv (+residual Add) + Relu -> Flatten -> Gemm."""
+    rng = np.random.default_rng(seed)
+    inits = [_init(rng, "w1", (4, 1, 3, 3)), _init(rng, "b1", (4,), 0.1), _init(rng, "w2", (4, 4, 3, 3)),
+             _init(rng, "b2", (4,), 0.1), _init(rng, "w3", (10, 64)), _init(rng, "b3", (10,), 0.1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool1"),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Add", ["c2", "p1"], ["s2"], name="add2"),
+        helper.make_node("Relu", ["s2"], ["r2"], name="relu2"),
+        helper.make_node("Flatten", ["r2"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def attention_model(seed: int = 0, mask_value: float = float(np.finfo(np.float32).min)) -> onnx.ModelProto:
+    """MatMul+Add (linear) -> scores = q k^T + additive mask (sentinels) -> Softmax -> MatMul with v."""
+    rng = np.random.default_rng(seed)
+    inits = [_init(rng, "wq", (8, 8)), _init(rng, "bq", (8,), 0.1), _init(rng, "wk", (8, 8)),
+             numpy_helper.from_array(np.array(mask_value, np.float32), "neg"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q0"], name="q_mm"),
+        helper.make_node("Add", ["q0", "bq"], ["q"], name="q_add"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_mm"),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="kt"),
+        helper.make_node("MatMul", ["q", "kt"], ["s"], name="qk"),
+        helper.make_node("Sub", ["one", "m"], ["inv"], name="inv"),
+        helper.make_node("Mul", ["inv", "neg"], ["madd"], name="mask_mul"),
+        helper.make_node("Add", ["s", "madd"], ["sm"], name="mask_add"),
+        helper.make_node("Softmax", ["sm"], ["p"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["p", "x"], ["y"], name="pv"),
+    ]
+    graph = helper.make_graph(
+        nodes, "attn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 8]),
+         helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N", 1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def attention_data(n: int = 32, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 6, 8)).astype(np.float32)
+    m = np.ones((n, 1, 6), np.float32)
+    for i in range(n):
+        m[i, 0, 3 + i % 3:] = 0.0  # padded positions
+    return {"x": x, "m": m}
+
+
+def cnn_data(n: int = 32, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((n, 1, 8, 8)).astype(np.float32)}
+
+
+@pytest.fixture
+def build_sim() -> Callable[..., tuple]:
+    """(model, data) -> (graph, table, sim) with min-max calibration."""
+    from sweeper.model.graph import ModelGraph
+    from sweeper.model.intake import prepare_model
+    from sweeper.quant import calibration
+    from sweeper.sim.encodings import EncodingTable, QuantConfig
+    from sweeper.sim.quantsim import QuantSim
+
+    def _build(model: onnx.ModelProto, data: dict[str, np.ndarray], config: QuantConfig | None = None):
+        prepared = prepare_model(model)
+        graph = ModelGraph(prepared)
+        stats = calibration.collect(prepared, graph.activations, [], data, graph.input_names, batch_size=16)
+        table = EncodingTable(graph, stats, config or QuantConfig())
+        return graph, table, QuantSim(graph, table, threads=1)
+
+    return _build

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+from conftest import attention_data, attention_model, cnn_data, cnn_model
+
+from sweeper.model.intake import prepare_model
+from sweeper.quant.profile import Profile
+
+
+def _fp32(model, data):  # noqa: ANN001, ANN202
+    sess = ort.InferenceSession(prepare_model(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, data)[0]
+
+
+def _uniform(graph, prec: str) -> Profile:  # noqa: ANN001
+    return Profile.uniform([g.name for g in graph.groups], prec)
+
+
+def test_fp32_profile_is_the_float_model(build_sim) -> None:  # noqa: ANN001
+    data = cnn_data()
+    graph, _, sim = build_sim(cnn_model(), data)
+    sim.apply(_uniform(graph, "fp32"))
+    # equal up to kernel rounding (the sim's weights are run-time inputs, so ORT picks other conv kernels)
+    np.testing.assert_allclose(sim.run(data)[0], _fp32(cnn_model(), data), rtol=0, atol=1e-5)
+
+
+def test_profiles_switch_without_rebuilding_the_session(build_sim) -> None:  # noqa: ANN001
+    data = cnn_data()
+    graph, _, sim = build_sim(cnn_model(), data)
+    session = sim.session
+    outs = {}
+    for prec in ["w8a8", "w4a8", "fp16", "w2a8", "w8a8"]:
+        sim.apply(_uniform(graph, prec))
+        outs.setdefault(prec, []).append(sim.run(data)[0])
+        assert sim.session is session
+    ref = _fp32(cnn_model(), data)
+    err = {p: float(np.abs(o[0] - ref).mean()) for p, o in outs.items()}
+    assert err["fp16"] < err["w8a8"] < err["w4a8"] < err["w2a8"]
+    assert np.array_equal(outs["w8a8"][0], outs["w8a8"][1])  # switching back gives the same result
+
+
+def test_sim_equals_numpy_fake_quant_on_first_layer(build_sim) -> None:  # noqa: ANN001
+    """The sim's weight values are exactly DequantizeLinear(QuantizeLinear(w)) at the profile's bits."""
+    data = cnn_data()
+    graph, table, sim = build_sim(cnn_model(), data)
+    prof = _uniform(graph, "w4a8")
+    feeds = sim.feeds_for(prof)
+    enc = table.weight("w1", 4)
+    w = graph.weight_array("w1")
+    assert np.array_equal(feeds["w1"], enc.dequantize(enc.quantize(w)))
+    assert len(np.unique(enc.quantize(w))) <= 16
+
+
+def test_mixed_profile_changes_only_its_group(build_sim) -> None:  # noqa: ANN001
+    data = cnn_data()
+    graph, _, sim = build_sim(cnn_model(), data)
+    first = graph.groups[0].name
+    base = _uniform(graph, "fp32")
+    mixed = base.with_groups({first: _uniform(graph, "w2a8")[first]})
+    f_base, f_mixed = sim.feeds_for(base), sim.feeds_for(mixed)
+    changed = {k for k in f_base if not np.array_equal(f_base[k], f_mixed[k])}
+    assert changed and all(k.startswith("x::") or k in {"w1", "b1"} for k in changed)
+
+
+def test_masking_sentinels_keep_attention_intact(build_sim) -> None:  # noqa: ANN001
+    data = attention_data()
+    graph, table, sim = build_sim(attention_model(), data)
+    rep = table.stats.sentinel_report()
+    assert set(rep) == {"madd", "sm"}
+    assert table.always_float("madd") and not table.always_float("sm")
+    ref = _fp32(attention_model(), data)
+    for prec, floor in [("w8a16", 0.999), ("w8a8", 0.99)]:
+        sim.apply(_uniform(graph, prec))
+        out = sim.run(data)[0]
+        cos = np.sum(out * ref, -1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(ref, axis=-1))
+        assert cos.mean() > floor, (prec, cos.mean())
+
+
+def test_without_sentinel_handling_attention_collapses(build_sim) -> None:  # noqa: ANN001
+    """The same model with a min-max range over the sentinel (what tools without handling do) breaks."""
+    from sweeper.quant import calibration
+
+    data = attention_data()
+    old = calibration.SENTINEL_ABS
+    calibration.SENTINEL_ABS = float("inf")
+    try:
+        graph, _, sim = build_sim(attention_model(), data)
+    finally:
+        calibration.SENTINEL_ABS = old
+    ref = _fp32(attention_model(), data)
+    sim.apply(_uniform(graph, "w8a16"))
+    out = sim.run(data)[0]
+    cos = np.sum(out * ref, -1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(ref, axis=-1))
+    assert cos.mean() < 0.99
