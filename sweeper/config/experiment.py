@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 
 from sweeper.errors import SweeperError
+from sweeper.eval.metrics import BUILTIN_METRICS
 from sweeper.quant.encoding import SCHEMES
 from sweeper.quant.precision import Precision
 
-BUILTIN_METRICS = ("top1", "cosine", "sqnr")
 POOLS = ("ray", "local")
 DEFAULT_CANDIDATES = ("w8a8", "w8a16", "w16a16", "fp16", "w4a8", "w4a16")
 DEFAULT_BATCH_SIZE = 256

@@ -1,0 +1,184 @@
+"""Metrics: built-in ``top1``, ``cosine`` and ``sqnr`` (all higher-is-better), or a user ``pkg.module:fn``.
+
+``run(feeds) -> list[np.ndarray]`` runs a model (the FP32 original or a QuantSim). Built-ins run it in
+batches of ``batch_size`` samples, slicing only the model inputs out of ``data``; ``cosine`` and ``sqnr``
+compare output 0 with the FP32 reference computed once by :func:`reference_outputs`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from sweeper.errors import SweeperError
+
+BUILTIN_METRICS = ("top1", "cosine", "sqnr")
+SQNR_CAP_DB = 100.0
+
+RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def _batches(data: Mapping[str, np.ndarray], input_names: Sequence[str], batch_size: int
+             ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+    if not input_names:
+        raise ValueError("no input names to batch over")
+    n = len(data[input_names[0]])
+    for start in range(0, n, batch_size):
+        part = slice(start, min(start + batch_size, n))
+        yield part, {name: data[name][part] for name in input_names}
+
+
+def reference_outputs(run: RunFn, data: Mapping[str, np.ndarray], input_names: Sequence[str] | None = None,
+                      batch_size: int = 256) -> list[np.ndarray]:
+    """All outputs of ``run`` over ``data`` (batched, concatenated along axis 0). ``input_names`` defaults
+    to every key of ``data`` except ``labels``."""
+    names = list(input_names) if input_names is not None else [k for k in data if k != "labels"]
+    parts: list[list[np.ndarray]] = []
+    for _, feeds in _batches(data, names, batch_size):
+        outs = [np.asarray(o) for o in run(feeds)]
+        if not parts:
+            parts = [[] for _ in outs]
+        for acc, out in zip(parts, outs, strict=True):
+            acc.append(out)
+    return [np.concatenate(p, axis=0) for p in parts]
+
+
+class Evaluator:
+    """One metric over a model run. ``fn`` is the resolved user function (None for built-ins)."""
+
+    def __init__(self, metric: str, higher_is_better: bool, batch_size: int, input_names: Sequence[str],
+                 fn: Callable[..., Any] | None = None) -> None:
+        if metric not in BUILTIN_METRICS and fn is None:
+            raise ValueError(f"{metric!r} is not a built-in metric and no function was given")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.metric = metric
+        self.fn = fn
+        # built-ins are higher-is-better by construction (the experiment file rejects the contrary)
+        self.higher_is_better = True if metric in BUILTIN_METRICS else bool(higher_is_better)
+        self.batch_size = batch_size
+        self.input_names = list(input_names)
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.fn is None
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.metric == "top1"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.metric in ("cosine", "sqnr")
+
+    def reference_outputs(self, run: RunFn, data: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return reference_outputs(run, data, self.input_names, self.batch_size)
+
+    def evaluate(self, run: RunFn, data: Mapping[str, np.ndarray],
+                 reference: list[np.ndarray] | None = None) -> float:
+        if self.fn is not None:
+            return self._user(run, data)
+        if self.needs_reference and reference is None:
+            raise ValueError(f"metric {self.metric} needs the FP32 reference outputs (see reference_outputs)")
+        if self.metric == "top1":
+            return self._top1(run, data)
+        assert reference is not None
+        if self.metric == "cosine":
+            return self._cosine(run, data, reference[0])
+        return self._sqnr(run, data, reference[0])
+
+    # --- built-ins -------------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"metric {self.metric}"
+
+    def _output0(self, run: RunFn, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        outs = run(feeds)
+        if not outs:
+            raise SweeperError(self._where(), "the model returned no outputs: expected at least one")
+        return np.asarray(outs[0])
+
+    def _top1(self, run: RunFn, data: Mapping[str, np.ndarray]) -> float:
+        labels = np.asarray(data["labels"])
+        correct = total = 0
+        for part, feeds in _batches(data, self.input_names, self.batch_size):
+            pred = np.argmax(self._output0(run, feeds), axis=-1)
+            lab = labels[part]
+            if pred.shape != lab.shape:
+                if pred.size != lab.size:
+                    raise SweeperError(self._where(), f"predictions have shape {pred.shape} but labels "
+                                                      f"{lab.shape}: expected one label per prediction")
+                pred = pred.reshape(lab.shape)
+            correct += int(np.count_nonzero(pred == lab))
+            total += lab.size
+        return correct / total if total else 0.0
+
+    def _paired(self, run: RunFn, data: Mapping[str, np.ndarray], ref: np.ndarray
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(output, reference) per batch, both float64 of shape (batch, -1)."""
+        for part, feeds in _batches(data, self.input_names, self.batch_size):
+            out = self._output0(run, feeds)
+            r = ref[part]
+            if out.shape != r.shape:
+                raise SweeperError(self._where(), f"output 0 has shape {out.shape} but the FP32 reference "
+                                                  f"{r.shape}: expected the same shape")
+            n = out.shape[0]
+            yield out.reshape(n, -1).astype(np.float64), r.reshape(n, -1).astype(np.float64)
+
+    def _cosine(self, run: RunFn, data: Mapping[str, np.ndarray], ref: np.ndarray) -> float:
+        total, count = 0.0, 0
+        for out, r in self._paired(run, data, ref):
+            dot = np.sum(out * r, axis=1)
+            norms = np.linalg.norm(out, axis=1) * np.linalg.norm(r, axis=1)
+            both_zero = (np.linalg.norm(out, axis=1) == 0) & (np.linalg.norm(r, axis=1) == 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
+            cos = np.where(both_zero, 1.0, cos)
+            total += float(np.sum(np.clip(cos, -1.0, 1.0)))
+            count += out.shape[0]
+        return total / count if count else 0.0
+
+    def _sqnr(self, run: RunFn, data: Mapping[str, np.ndarray], ref: np.ndarray) -> float:
+        signal = noise = 0.0
+        for out, r in self._paired(run, data, ref):
+            signal += float(np.sum(r * r))
+            noise += float(np.sum((r - out) ** 2))
+        if not math.isfinite(noise) or not math.isfinite(signal):
+            return -SQNR_CAP_DB
+        if noise == 0.0:
+            return SQNR_CAP_DB
+        if signal == 0.0:
+            return -SQNR_CAP_DB
+        return float(np.clip(10.0 * math.log10(signal / noise), -SQNR_CAP_DB, SQNR_CAP_DB))
+
+    # --- user metric -----------------------------------------------------------------------------
+
+    def _user(self, run: RunFn, data: Mapping[str, np.ndarray]) -> float:
+        assert self.fn is not None
+        where = f"metric {self.metric}"
+        try:
+            value = self.fn(run, data)
+        except SweeperError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is the user's function
+            raise SweeperError(where, f"{self.metric}(run, data) failed: {type(exc).__name__}: {exc}") from None
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+                or not math.isfinite(float(value)):
+            raise SweeperError(where, f"{self.metric}(run, data) returned {value!r}: expected a finite number")
+        return float(value)
+
+
+def make_evaluator(metric: str, higher_is_better: bool, batch_size: int, input_names: Sequence[str]) -> Evaluator:
+    """A built-in metric by name, or a user ``pkg.module:fn`` (imported here) called as ``fn(run, data)``."""
+    if metric in BUILTIN_METRICS:
+        return Evaluator(metric, higher_is_better, batch_size, input_names)
+    from sweeper.model.intake import resolve_callable
+
+    fn = resolve_callable(metric, "metric")
+    return Evaluator(metric, higher_is_better, batch_size, input_names, fn)
