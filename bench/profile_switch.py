@@ -20,7 +20,7 @@ from sweeper.sim.quantsim import QuantSim
 
 def main() -> None:
     ws = Workspace(load_experiment("experiments/mnist_cnn.yaml"), threads=1)
-    sim = QuantSim(ws.graph, ws.table, threads=1)
+    sim = QuantSim(ws.graph, ws.table, threads=1, precisions=ws.exp.candidates)
     groups = [g.name for g in ws.graph.groups]
     cands = list(ws.exp.candidates)
     for c in cands:  # warm the per-precision caches, as the first profiles of a sweep do

@@ -36,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     for key in args.models:
         ws = Workspace(load_experiment(EXPERIMENTS[key]), threads=1)
-        sim = QuantSim(ws.graph, ws.table, threads=1)
+        sim = QuantSim(ws.graph, ws.table, threads=1, precisions=ws.exp.candidates)
         profile = Profile.uniform([g.name for g in ws.graph.groups], args.precision)
         sim.apply(profile)
         ev, data, ref = ws.evaluator, ws.eval_data, ws.reference

@@ -34,7 +34,18 @@ class Workspace:
         self.exp = exp
         self._tmp = tempfile.TemporaryDirectory(prefix="sweeper-")
         self.tmp = Path(self._tmp.name)
-        model = load_model(str(exp.model.onnx) if exp.model.onnx else None, exp.model.torch, self.tmp)
+        onnx_path = str(exp.model.onnx) if exp.model.onnx else None
+        if exp.model.onnx_factory:
+            from sweeper.model.intake import resolve_callable
+
+            where = f"{exp.path}: model.onnx"
+            try:
+                onnx_path = str(resolve_callable(exp.model.onnx_factory, where)())
+            except SweeperError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise SweeperError(where, f"{exp.model.onnx_factory}() failed: {type(exc).__name__}: {exc}") from None
+        model = load_model(onnx_path, exp.model.torch, self.tmp)
         self.prepared = prepare_model(model)
         specs = input_specs_from_onnx(self.prepared)
         self.evaluator = make_evaluator(exp.metric, exp.higher_is_better, exp.batch_size, list(specs))
@@ -85,7 +96,7 @@ class Workspace:
             model_bytes=self.prepared.SerializeToString(), stats=self.stats, quant_config=self.quant_config,
             metric=self.exp.metric, higher_is_better=self.exp.higher_is_better, batch_size=self.exp.batch_size,
             input_names=self.graph.input_names, data=self.eval_data, reference=self.reference,
-            threads=self.threads,
+            threads=self.threads, precisions=tuple(p.name for p in self.exp.candidates),
         )
 
     def pool(self, kind: str | None = None, workers: int | None = None, address: str | None = None) -> WorkerPool:

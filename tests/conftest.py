@@ -89,11 +89,13 @@ def build_sim() -> Callable[..., tuple]:
     from sweeper.sim.encodings import EncodingTable, QuantConfig
     from sweeper.sim.quantsim import QuantSim
 
+    precisions = ["w8a8", "w8a16", "w16a16", "fp16", "w4a8", "w4a16", "w4a4", "w2a8"]
+
     def _build(model: onnx.ModelProto, data: dict[str, np.ndarray], config: QuantConfig | None = None):
         prepared = prepare_model(model)
         graph = ModelGraph(prepared)
         stats = calibration.collect(prepared, graph.activations, [], data, graph.input_names, batch_size=16)
         table = EncodingTable(graph, stats, config or QuantConfig())
-        return graph, table, QuantSim(graph, table, threads=1)
+        return graph, table, QuantSim(graph, table, threads=1, precisions=precisions)
 
     return _build

@@ -27,6 +27,7 @@ class WorkerSpec:
     data: dict[str, np.ndarray]
     reference: list[np.ndarray] | None
     threads: int = 1
+    precisions: tuple[str, ...] = ()  # every precision a profile may assign (the sweep's candidates)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class SimWorker:
         model = onnx.load_from_string(spec.model_bytes)
         graph = ModelGraph(model)
         self.table = EncodingTable(graph, spec.stats, spec.quant_config)
-        self.sim = QuantSim(graph, self.table, threads=spec.threads)
+        self.sim = QuantSim(graph, self.table, threads=spec.threads, precisions=spec.precisions)
         self.evaluator = make_evaluator(spec.metric, spec.higher_is_better, spec.batch_size, spec.input_names)
         self.data = spec.data
         self.reference = spec.reference
@@ -118,7 +119,8 @@ class RayPool:
                 ray.init(num_cpus=max(workers * spec.threads, os.cpu_count() or 1), **kwargs)
             self._started = True
         spec_ref = ray.put(spec)
-        actor_cls = ray.remote(num_cpus=spec.threads, max_restarts=-1, max_task_retries=-1)(_RaySimWorker)
+        actor_cls = ray.remote(num_cpus=spec.threads)(_RaySimWorker)
+        self._spec_ref = spec_ref  # keep the shared spec alive while actors use it
         self.actors = [actor_cls.remote(spec_ref, f"ray-{i}") for i in range(workers)]
         self.size = workers
 

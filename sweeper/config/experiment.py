@@ -45,10 +45,12 @@ _TRACKING_KEYS = ("uri",)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Exactly one is set: an existing ONNX file (absolute path) or a torch factory import path."""
+    """Exactly one is set: an existing ONNX file (absolute path), an import path of a function that returns
+    the path of an ONNX file (``onnx_factory``, e.g. an example that exports itself once), or a torch factory."""
 
     onnx: Path | None
     torch: str | None
+    onnx_factory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,8 @@ def _model(ctx: _Ctx, raw: Mapping[str, Any]) -> ModelSpec:
                                  "or torch (pkg.module:factory)")
     if given[0] == "onnx":
         text = _string(ctx, section["onnx"], "model.onnx", "a path to a .onnx file")
+        if _IMPORT_PATH.match(text) and not text.endswith(".onnx"):
+            return ModelSpec(onnx=None, torch=None, onnx_factory=text)
         return ModelSpec(onnx=_existing_file(ctx, text, "model.onnx", "model file"), torch=None)
     text = _string(ctx, section["torch"], "model.torch", "an import path pkg.module:factory")
     return ModelSpec(onnx=None, torch=_import_path(ctx, text, "model.torch",

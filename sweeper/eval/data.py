@@ -25,12 +25,12 @@ def load_data(spec: str, where: str) -> dict[str, np.ndarray]:
             raise SweeperError(where, f"data file not found: {spec}")
         try:
             with np.load(path, allow_pickle=False) as npz:
-                data = {key: np.asarray(npz[key]) for key in npz.files}
+                arrays = {key: np.asarray(npz[key]) for key in npz.files}
         except Exception as exc:  # noqa: BLE001 - any failure is the user's file
             raise SweeperError(where, f"cannot read {spec} as .npz ({type(exc).__name__}: {exc})") from None
-        if not data:
+        if not arrays:
             raise SweeperError(where, f"{spec} holds no arrays: expected one array per model input")
-        return data
+        return arrays
 
     from sweeper.model.intake import resolve_callable
 

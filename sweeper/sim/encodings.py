@@ -90,21 +90,44 @@ class EncodingTable:
             return float16_encoding()
         return self.weight(name, prec.weight_bits)
 
-    def bias_scale(self, weight: str, profile: Profile) -> np.ndarray | None:
-        """Scale of the int32 bias (input scale x weight scale), or None when the bias stays float."""
+    def bias_scale(self, weight: str, prec: Precision | Profile) -> np.ndarray | None:
+        """Scale of the int32 bias (input scale x weight scale), or None when the bias stays float.
+
+        The op's input quantizer belongs to the op's own group, so the group's precision decides both."""
+        if isinstance(prec, Profile):
+            prec = prec[self.group_of[weight]]
         wq = self.graph.weight_quantizers[weight]
-        prec = profile[self.group_of[weight]]
         if wq.bias is None or prec.is_float:
             return None
         node = self.graph.node_by_name[wq.op]
         ins = self.graph.input_quantizers(node)
         if len(ins) != 1:
             return None
-        a_enc = self.act_encoding(ins[0], profile[self.group_of[ins[0]]])
+        a_enc = self.act_encoding(ins[0], prec)
         if a_enc is None or a_enc.dtype != "int":
             return None
         w_enc = self.weight(weight, prec.weight_bits)
         return (a_enc.scale.astype(np.float32)[0] * w_enc.scale.astype(np.float32)).astype(np.float32)
+
+    def bias_value(self, weight: str, prec: Precision) -> np.ndarray | None:
+        """The bias as the simulation and the exported model see it: int32-rounded, fp16 or float."""
+        wq = self.graph.weight_quantizers[weight]
+        if wq.bias is None:
+            return None
+        b = self.graph.weight_array(wq.bias).astype(np.float32)
+        scale = self.bias_scale(weight, prec)
+        if scale is not None:
+            q = np.clip(np.rint(b / scale), -(2**31), 2**31 - 1).astype(np.int64)
+            return (q.astype(np.float32) * scale).astype(np.float32)
+        if prec.is_fp16:
+            return b.astype(np.float16).astype(np.float32)
+        return b
+
+    def weight_value(self, weight: str, prec: Precision) -> np.ndarray:
+        """The weight as the simulation sees it: DequantizeLinear(QuantizeLinear(w)), fp16 or float."""
+        w = self.graph.weight_array(weight).astype(np.float32)
+        enc = self.weight_encoding(weight, prec)
+        return w if enc is None else enc.fake_quantize(w)
 
     def to_aimet(self, profile: Profile) -> dict[str, object]:
         """AIMET 1.0.0 encodings of ``profile``."""

@@ -2,52 +2,110 @@
 
 The simulation graph is built once:
 
-* weights (and Conv/Gemm biases) become graph inputs; their fake-quantized values are precomputed per
-  precision in numpy exactly as DequantizeLinear computes them, so weight quantization costs nothing;
-* each activation quantizer is an ``If`` on a run-time flag: the 8-bit branch is a plain
+* Conv, ConvTranspose and Gemm layers (with the Relu/Clip fused after them and a MaxPool that follows)
+  become an ``If`` chain with one branch per precision the sweep may assign; each branch holds that
+  precision's fake-quantized weight and int32-rounded bias as *constants*, so ONNX Runtime keeps its
+  prepacked, blocked-layout kernels (weights fed as run-time inputs cost 1.9x on a CNN). A run-time flag
+  picks the branch: weight quantization costs nothing at run time.
+* Other weights (MatMul) are run-time inputs holding precomputed fake-quantized values.
+* Each activation quantizer is an ``If`` on run-time flags: the 8-bit branch is a plain
   QuantizeLinear/DequantizeLinear pair (the kernels the exported model runs, so sim = export); other bit
-  widths clip to their grid and use a 16-bit container; fp16 is a Cast round trip; off is Identity;
-* a fake-quant that is followed by a MaxPool is applied after it (exact, since fake-quant is monotone; 4x
-  fewer elements on a CNN).
+  widths clip to their grid in a 16-bit container; fp16 is a Cast round trip; off is Identity.
+* A fake-quant followed by a MaxPool is applied after it (exact: fake-quant is monotone and commutes with
+  max; 4x fewer elements on a CNN).
+
+All values are computed exactly as DequantizeLinear computes them, so the exported QDQ model reproduces
+the simulation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from sweeper.model.graph import ModelGraph
 from sweeper.quant.encoding import Encoding
+from sweeper.quant.precision import FP32, Precision
 from sweeper.quant.profile import Profile
 from sweeper.sim.encodings import EncodingTable
 
 MS_DOMAIN = "com.microsoft"
+BRANCHED_OPS = {"Conv", "ConvTranspose", "Gemm"}
+CHAIN_OPS = {"Relu", "Clip", "MaxPool"}
 
 
 def _scalar(value: object, dtype: type) -> np.ndarray:
     return np.array(value, dtype=dtype)
 
 
-class QuantSim:
-    """The simulation model of ``graph`` with the encodings of ``table``."""
+@dataclass
+class _Layer:
+    """A weight op plus the ops fused after it, simulated as one If chain over precisions."""
 
-    def __init__(self, graph: ModelGraph, table: EncodingTable, threads: int = 1) -> None:
+    weight: str
+    nodes: list[onnx.NodeProto]
+    output: str  # the chain's last output
+
+    @property
+    def flag_prefix(self) -> str:
+        return f"{self.weight}::is_"
+
+
+class QuantSim:
+    """The simulation model of ``graph`` with the encodings of ``table``.
+
+    ``precisions`` are the precisions a profile may assign (every candidate of the sweep); fp32 is always
+    included. Layers hold one constant branch per precision.
+    """
+
+    def __init__(self, graph: ModelGraph, table: EncodingTable, threads: int = 1,
+                 precisions: Iterable[Precision | str] | None = None) -> None:
         self.graph = graph
         self.table = table
         self.threads = threads
         self.signed = table.config.act_symmetric
+        precs = [p if isinstance(p, Precision) else Precision.parse(p) for p in (precisions or [])]
+        if not precs:
+            from sweeper.config.experiment import DEFAULT_CANDIDATES
+
+            precs = [Precision.parse(p) if isinstance(p, str) else p for p in DEFAULT_CANDIDATES]
+        self.precisions: list[Precision] = list(dict.fromkeys([FP32, *precs]))
+        self._act_cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self._weight_cache: dict[tuple[str, str], np.ndarray] = {}
+        self.layers = self._find_layers()
         self.model = self._build()
         self.session = self._session()
         self.input_names = graph.input_names
-        self._weight_cache: dict[tuple[str, str], np.ndarray] = {}
-        self._act_cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self.bound: dict[str, np.ndarray] = {}
         self.profile: Profile | None = None
 
     # -- building ---------------------------------------------------------------------------------
+    def _find_layers(self) -> dict[str, _Layer]:
+        g = self.graph
+        fq_locations = {g.sim_location[t] for t in g.activations}
+        outputs = set(g.output_names)
+        layers: dict[str, _Layer] = {}
+        for w, wq in g.weight_quantizers.items():
+            node = g.node_by_name[wq.op]
+            if node.op_type not in BRANCHED_OPS or node.input[1] != w:
+                continue
+            chain = [node]
+            out = node.output[0]
+            while out not in fq_locations and out not in outputs:
+                cons = g.consumers.get(out, [])
+                if len(cons) != 1 or cons[0].op_type not in CHAIN_OPS or cons[0].input[0] != out:
+                    break
+                if any(i and i in g.dynamic and i != out for i in cons[0].input):
+                    break
+                chain.append(cons[0])
+                out = cons[0].output[0]
+            layers[w] = _Layer(weight=w, nodes=chain, output=out)
+        return layers
+
     def _build(self) -> onnx.ModelProto:
         g = self.graph
         src = g.model
@@ -55,17 +113,23 @@ class QuantSim:
         self._q16_domain = "" if opset >= 21 else MS_DOMAIN
         t8 = TensorProto.INT8 if self.signed else TensorProto.UINT8
         t16 = TensorProto.INT16 if self.signed else TensorProto.UINT16
-        bound_params = set(g.weight_quantizers)
-        bound_params |= {wq.bias for wq in g.weight_quantizers.values() if wq.bias}
+        in_layers = {n.name for layer in self.layers.values() for n in layer.nodes}
+        layer_by_first = {layer.nodes[0].name: layer for layer in self.layers.values()}
+        bound_params = {w for w in g.weight_quantizers if w not in self.layers}
+        bound_params |= {wq.bias for w, wq in g.weight_quantizers.items() if wq.bias and w not in self.layers}
+        moved = set(self.layers) | {g.weight_quantizers[w].bias for w in self.layers if g.weight_quantizers[w].bias}
         new_inputs = list(src.graph.input)
         for name in sorted(bound_params):
             init = g.initializers[name]
             new_inputs.append(helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
-        inits = [t for t in src.graph.initializer if t.name not in bound_params]
+        still_used = {i for n in src.graph.node if n.name not in in_layers for i in n.input}
+        still_used |= {i for layer in self.layers.values() for n in layer.nodes[1:] for i in n.input}
+        inits = [t for t in src.graph.initializer
+                 if t.name not in bound_params and (t.name not in moved or t.name in still_used)]
 
         loc_to_tensor = {g.sim_location[t]: t for t in g.activations}
         outputs = set(g.output_names)
-        renamed: dict[str, str] = {}  # tensor -> name consumers should read
+        renamed: dict[str, str] = {}
         fq_nodes_after: dict[str, list[onnx.NodeProto]] = {}
         for loc, t in loc_to_tensor.items():
             src_name = loc + "__raw" if loc in outputs else loc
@@ -74,27 +138,85 @@ class QuantSim:
             if loc not in outputs:
                 renamed[loc] = dst_name
 
-        nodes: list[onnx.NodeProto] = []
-        for inp in g.input_names:
-            nodes.extend(fq_nodes_after.get(inp, []))
-        for n in src.graph.node:
-            node = onnx.NodeProto()
-            node.CopyFrom(n)
+        def emit(node: onnx.NodeProto, out_list: list[onnx.NodeProto]) -> None:
             for k, i in enumerate(node.input):
                 if i in renamed:
                     node.input[k] = renamed[i]
             for k, o in enumerate(node.output):
                 if o in outputs and o in fq_nodes_after:
                     node.output[k] = o + "__raw"
-            nodes.append(node)
+            out_list.append(node)
+
+        nodes: list[onnx.NodeProto] = []
+        for inp in g.input_names:
+            nodes.extend(fq_nodes_after.get(inp, []))
+        for n in src.graph.node:
+            if n.name in in_layers and n.name not in layer_by_first:
+                continue
+            if n.name in layer_by_first:
+                layer = layer_by_first[n.name]
+                node = self._layer_node(layer, renamed, new_inputs)
+                emit(node, nodes)
+                nodes.extend(fq_nodes_after.get(layer.output, []))
+                continue
+            node = onnx.NodeProto()
+            node.CopyFrom(n)
+            emit(node, nodes)
             for o in n.output:
                 nodes.extend(fq_nodes_after.get(o, []))
         graph = helper.make_graph(nodes, src.graph.name + "_sim", new_inputs, list(src.graph.output), inits)
         opsets = list(src.opset_import)
         if self._q16_domain == MS_DOMAIN and not any(o.domain == MS_DOMAIN for o in opsets):
             opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
-        model = helper.make_model(graph, opset_imports=opsets, ir_version=src.ir_version)
-        return model
+        return helper.make_model(graph, opset_imports=opsets, ir_version=src.ir_version)
+
+    def _layer_node(self, layer: _Layer, renamed: dict[str, str], inputs: list[onnx.ValueInfoProto]) -> onnx.NodeProto:
+        """If(is_p0){layer with constants of p0} else If(is_p1){...} ... else {layer with p_last}."""
+        wq = self.graph.weight_quantizers[layer.weight]
+        branches = []
+        for k, prec in enumerate(self.precisions):
+            tag = f"{layer.weight}::{prec.name}"
+            inits = [numpy_helper.from_array(self.table.weight_value(layer.weight, prec), tag + "::w")]
+            bias = self.table.bias_value(layer.weight, prec)
+            if bias is not None:
+                inits.append(numpy_helper.from_array(bias, tag + "::b"))
+            body = []
+            prev = None
+            for j, n in enumerate(layer.nodes):
+                node = onnx.NodeProto()
+                node.CopyFrom(n)
+                node.name = f"{n.name}::{prec.name}"
+                if j == 0:
+                    node.input[0] = renamed.get(node.input[0], node.input[0])
+                    node.input[1] = tag + "::w"
+                    if bias is not None:
+                        node.input[2] = tag + "::b"
+                else:
+                    node.input[0] = prev
+                del node.output[1:]
+                node.output[0] = f"{n.output[0]}::{prec.name}"
+                prev = node.output[0]
+                body.append(node)
+            assert prev is not None
+            branches.append(helper.make_graph(body, f"{tag}::branch{k}", [],
+                                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits))
+        del wq
+        current = branches[-1]
+        node: onnx.NodeProto | None = None
+        for k in range(len(branches) - 2, -1, -1):
+            flag = layer.flag_prefix + self.precisions[k].name
+            inputs.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
+            out = layer.output if k == 0 else f"{layer.output}::sel{k}"
+            node = helper.make_node("If", [flag], [out], then_branch=branches[k], else_branch=current,
+                                    name=f"{layer.weight}::select{k}")
+            if k > 0:
+                current = helper.make_graph([node], f"{layer.weight}::chain{k}", [],
+                                            [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+        if node is None:  # a single precision: no choice to make
+            node = helper.make_node("If", [layer.flag_prefix + "fp32"], [layer.output], then_branch=current,
+                                    else_branch=current, name=f"{layer.weight}::select0")
+            inputs.append(helper.make_tensor_value_info(layer.flag_prefix + "fp32", TensorProto.BOOL, []))
+        return node
 
     def _fake_quant(self, x: str, out: str, t: str, t8: int, t16: int,
                     inputs: list[onnx.ValueInfoProto]) -> list[onnx.NodeProto]:
@@ -109,7 +231,8 @@ class QuantSim:
         s, z8, z16 = names["scale"], names["zp8"], names["zp16"]
 
         def branch(tag: str, body: list[onnx.NodeProto], result: str) -> onnx.GraphProto:
-            return helper.make_graph(body, f"{t}_{tag}", [], [helper.make_tensor_value_info(result, TensorProto.FLOAT, None)])
+            return helper.make_graph(body, f"{t}_{tag}", [],
+                                     [helper.make_tensor_value_info(result, TensorProto.FLOAT, None)])
 
         b8 = branch("q8", [
             helper.make_node("QuantizeLinear", [x, s, z8], [p + "q8"]),
@@ -125,10 +248,10 @@ class QuantSim:
             helper.make_node("Cast", [p + "h"], [p + "f"], to=TensorProto.FLOAT),
         ], p + "f")
         bid = branch("off", [helper.make_node("Identity", [x], [p + "id"])], p + "id")
+        n16 = branch("n16", [helper.make_node("If", [names["mf16"]], [p + "rf"], then_branch=bf,
+                                              else_branch=bid)], p + "rf")
         not8 = branch("n8", [helper.make_node("If", [names["m16"]], [p + "r16"], then_branch=b16,
-                                              else_branch=branch("n16", [helper.make_node(
-                                                  "If", [names["mf16"]], [p + "rf"], then_branch=bf,
-                                                  else_branch=bid)], p + "rf"))], p + "r16")
+                                              else_branch=n16)], p + "r16")
         return [helper.make_node("If", [names["m8"]], [out], then_branch=b8, else_branch=not8, name=p + "fq")]
 
     def _session(self):  # noqa: ANN202 - onnxruntime has no stubs
@@ -167,43 +290,41 @@ class QuantSim:
             feeds[p + "hi"] = _scalar(hi[0], np.float32)
         return feeds
 
-    def _weight_value(self, name: str, profile: Profile) -> np.ndarray:
-        prec = profile[self.table.group_of[name]]
+    def _bound_weight(self, name: str, prec: Precision) -> np.ndarray:
         key = (name, prec.name)
         if key not in self._weight_cache:
-            enc = self.table.weight_encoding(name, prec)
-            w = self.graph.weight_array(name).astype(np.float32)
-            self._weight_cache[key] = w if enc is None else enc.fake_quantize(w)
+            self._weight_cache[key] = self.table.weight_value(name, prec)
         return self._weight_cache[key]
 
     def feeds_for(self, profile: Profile) -> dict[str, np.ndarray]:
-        """All run-time inputs that realize ``profile`` (weights, biases, quantizer parameters)."""
+        """All run-time inputs that realize ``profile`` (branch flags, weights, quantizer parameters)."""
         feeds: dict[str, np.ndarray] = {}
+        group_of = self.table.group_of
         for t in self.graph.activations:
-            prec = profile[self.table.group_of[t]]
+            prec = profile[group_of[t]]
             key = (t, prec.name)
             if key not in self._act_cache:
                 self._act_cache[key] = self._act_feeds(t, self.table.act_encoding(t, prec))
             feeds.update(self._act_cache[key])
         for w, wq in self.graph.weight_quantizers.items():
-            feeds[w] = self._weight_value(w, profile)
+            prec = profile[group_of[w]]
+            layer = self.layers.get(w)
+            if layer is not None:
+                if prec not in self.precisions:
+                    raise ValueError(f"precision {prec.name} was not among the precisions this QuantSim was "
+                                     f"built for ({', '.join(p.name for p in self.precisions)})")
+                for p in self.precisions[:-1] if len(self.precisions) > 1 else self.precisions:
+                    feeds[layer.flag_prefix + p.name] = _scalar(p == prec, np.bool_)
+                continue
+            feeds[w] = self._bound_weight(w, prec)
             if wq.bias:
-                b = self.graph.weight_array(wq.bias).astype(np.float32)
-                bscale = self.table.bias_scale(w, profile)
-                if bscale is not None:
-                    q = np.clip(np.rint(b / bscale), -(2**31), 2**31 - 1)
-                    b = (q.astype(np.int64).astype(np.float32) * bscale).astype(np.float32)
-                elif profile[self.table.group_of[w]].is_fp16:
-                    b = b.astype(np.float16).astype(np.float32)
-                feeds[wq.bias] = b
+                key = (wq.bias, prec.name)
+                if key not in self._weight_cache:
+                    bias = self.table.bias_value(w, prec)
+                    assert bias is not None
+                    self._weight_cache[key] = bias
+                feeds[wq.bias] = self._weight_cache[key]
         return feeds
-
-    def invalidate(self) -> None:
-        """Forget precomputed values (after encodings in the table changed, e.g. loaded from a file)."""
-        self._weight_cache.clear()
-        self._act_cache.clear()
-        if self.profile is not None:
-            self.apply(self.profile)
 
     def apply(self, profile: Profile) -> None:
         """Switch the simulation to ``profile`` (no session rebuild)."""

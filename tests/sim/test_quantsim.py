@@ -40,16 +40,40 @@ def test_profiles_switch_without_rebuilding_the_session(build_sim) -> None:  # n
     assert np.array_equal(outs["w8a8"][0], outs["w8a8"][1])  # switching back gives the same result
 
 
-def test_sim_equals_numpy_fake_quant_on_first_layer(build_sim) -> None:  # noqa: ANN001
-    """The sim's weight values are exactly DequantizeLinear(QuantizeLinear(w)) at the profile's bits."""
+def _branch_constants(sim) -> dict[str, np.ndarray]:  # noqa: ANN001
+    from onnx import numpy_helper
+
+    found: dict[str, np.ndarray] = {}
+
+    def walk(graph) -> None:  # noqa: ANN001
+        for t in graph.initializer:
+            found[t.name] = numpy_helper.to_array(t)
+        for n in graph.node:
+            for a in n.attribute:
+                if a.g.name:
+                    walk(a.g)
+
+    walk(sim.model.graph)
+    return found
+
+
+def test_layer_branches_hold_exact_fake_quantized_weights(build_sim) -> None:  # noqa: ANN001
+    """Each precision's branch holds DequantizeLinear(QuantizeLinear(w)) as a constant (ORT prepacks it)."""
     data = cnn_data()
     graph, table, sim = build_sim(cnn_model(), data)
-    prof = _uniform(graph, "w4a8")
-    feeds = sim.feeds_for(prof)
+    consts = _branch_constants(sim)
     enc = table.weight("w1", 4)
     w = graph.weight_array("w1")
-    assert np.array_equal(feeds["w1"], enc.dequantize(enc.quantize(w)))
-    assert len(np.unique(enc.quantize(w))) <= 16
+    assert np.array_equal(consts["w1::w4a8::w"], enc.dequantize(enc.quantize(w)))
+    assert all(len(np.unique(ch)) <= 16 for ch in consts["w1::w4a8::w"])  # per output channel
+    assert np.array_equal(consts["w1::fp32::w"], w)
+    # the bias is int32-rounded on the grid input-scale x weight-scale, as the export stores it
+    bscale = table.bias_scale("w1", _uniform(graph, "w4a8"))
+    q = consts["w1::w4a8::b"] / bscale
+    np.testing.assert_allclose(q, np.rint(q), atol=1e-3)
+    # the choice is a run-time flag
+    feeds = sim.feeds_for(_uniform(graph, "w4a8"))
+    assert feeds["w1::is_w4a8"] and not feeds["w1::is_w8a8"] and "w1" not in feeds
 
 
 def test_mixed_profile_changes_only_its_group(build_sim) -> None:  # noqa: ANN001
@@ -60,7 +84,8 @@ def test_mixed_profile_changes_only_its_group(build_sim) -> None:  # noqa: ANN00
     mixed = base.with_groups({first: _uniform(graph, "w2a8")[first]})
     f_base, f_mixed = sim.feeds_for(base), sim.feeds_for(mixed)
     changed = {k for k in f_base if not np.array_equal(f_base[k], f_mixed[k])}
-    assert changed and all(k.startswith("x::") or k in {"w1", "b1"} for k in changed)
+    assert changed and all(k.startswith(("x::", "w1::")) for k in changed)
+    assert any(k.startswith("w1::is_") for k in changed) and any(k.startswith("x::") for k in changed)
 
 
 def test_masking_sentinels_keep_attention_intact(build_sim) -> None:  # noqa: ANN001
