@@ -35,18 +35,23 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     args = ap.parse_args()
     for key in args.models:
-        ws = Workspace(load_experiment(EXPERIMENTS[key]), threads=1)
-        sim = QuantSim(ws.graph, ws.table, threads=1, precisions=ws.exp.candidates)
-        profile = Profile.uniform([g.name for g in ws.graph.groups], args.precision)
-        sim.apply(profile)
-        ev, data, ref = ws.evaluator, ws.eval_data, ws.reference
-        fp32 = _time(lambda: ev.evaluate(ws.fp32_run, data, ref), args.reps)
-        simt = _time(lambda: ev.evaluate(sim.run, data, ref), args.reps)
-        switch = _time(lambda: sim.apply(Profile.uniform([g.name for g in ws.graph.groups], "w4a16")), 20)
-        print(f"{key}: activation quantizers {len(ws.graph.activations)}, groups {len(ws.graph.groups)}; "
-              f"FP32 eval {fp32:.3f}s, sim eval {simt:.3f}s -> sim/FP32 = {simt / fp32:.2f} (target <= 1.3); "
-              f"profile switch / eval = {switch / simt:.4f} (target <= 0.02)")
-        ws.close()
+        measure(key, args.precision, args.reps)
+
+
+def measure(key: str, precision: str, reps: int) -> None:
+    ws = Workspace(load_experiment(EXPERIMENTS[key]), threads=1)
+    sim = QuantSim(ws.graph, ws.table, threads=1, precisions=ws.exp.candidates)
+    groups = [g.name for g in ws.graph.groups]
+    sim.apply(Profile.uniform(groups, precision))
+    ev, data, ref = ws.evaluator, ws.eval_data, ws.reference
+    fp32 = _time(lambda: ev.evaluate(ws.fp32_run, data, ref), reps)
+    simt = _time(lambda: ev.evaluate(sim.run, data, ref), reps)
+    other = next(p for p in ws.exp.candidates if p.name != precision)
+    switch = _time(lambda: sim.apply(Profile.uniform(groups, other)), 20)
+    print(f"{key}: activation quantizers {len(ws.graph.activations)}, groups {len(groups)}, {precision}; "
+          f"FP32 eval {fp32:.3f}s, sim eval {simt:.3f}s -> sim/FP32 = {simt / fp32:.2f} (target <= 1.3); "
+          f"profile switch / eval = {switch / simt:.4f} (target <= 0.02)")
+    ws.close()
 
 
 if __name__ == "__main__":

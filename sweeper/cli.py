@@ -67,8 +67,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sweeper.export.encodings_io import read_encodings
-    from sweeper.export.qdq import export_qdq, save_export
+    from sweeper.export.encodings_io import read_encodings, save_export
+    from sweeper.export.qdq import export_qdq
     from sweeper.quant.precision import Precision
     from sweeper.quant.profile import Profile
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sweeper.cost.bops import profile_cost
-from sweeper.export.encodings_io import write_encodings
-from sweeper.export.qdq import export_qdq, save_export
+from sweeper.export.encodings_io import save_export, write_encodings
+from sweeper.export.qdq import export_qdq
 from sweeper.pipeline import Workspace
 from sweeper.quant.profile import Profile
 from sweeper.tracking.tracker import Tracker

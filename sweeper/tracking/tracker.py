@@ -27,6 +27,8 @@ class Tracker:
         logging.getLogger("alembic").setLevel(logging.ERROR)
         import mlflow
 
+        for name in ("mlflow", "mlflow.store.db.utils", "alembic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         self._mlflow = mlflow
         self.uri = resolve_uri(uri)
         mlflow.set_tracking_uri(self.uri)
@@ -59,9 +61,9 @@ class Tracker:
             all_tags["mlflow.parentRunId"] = self.parent_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         rid = run.info.run_id
-        from mlflow.entities import Metric, Param
-
         import time
+
+        from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
         self.client.log_batch(
