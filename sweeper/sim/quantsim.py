@@ -10,7 +10,8 @@ The simulation graph is built once:
 * Other weights (MatMul) are run-time inputs holding precomputed fake-quantized values.
 * Each activation quantizer is an ``If`` on run-time flags: the 8-bit branch is a plain
   QuantizeLinear/DequantizeLinear pair (the kernels the exported model runs, so sim = export); other bit
-  widths clip to their grid in a 16-bit container; fp16 is a Cast round trip; off is Identity.
+  16-bit is the same pair in a 16-bit container; 2- and 4-bit clip to their grid in the 8-bit container
+  (as the export does); fp16 is a Cast round trip; off is Identity.
 * A fake-quant followed by a MaxPool is applied after it (exact: fake-quant is monotone and commutes with
   max; 4x fewer elements on a CNN).
 
@@ -220,12 +221,14 @@ class QuantSim:
 
     def _fake_quant(self, x: str, out: str, t: str, t8: int, t16: int,
                     inputs: list[onnx.ValueInfoProto]) -> list[onnx.NodeProto]:
-        """If(m8){Q8/DQ8} else If(m16){Clip/Q16/DQ16} else If(mf16){Cast/Cast} else {Identity}."""
+        """If(m8){Q8/DQ8} else If(m16){Q16/DQ16} else If(mlow){Clip/Q8/DQ8} else If(mf16){Cast/Cast} else {x}.
+
+        Bit widths below 8 clip to their grid inside the 8-bit container (what the export does too)."""
         p = f"{t}::"
-        names = {k: p + k for k in ("scale", "zp8", "zp16", "lo", "hi", "m8", "m16", "mf16")}
+        names = {k: p + k for k in ("scale", "zp8", "zp16", "lo", "hi", "m8", "m16", "mlow", "mf16")}
         types = {"scale": TensorProto.FLOAT, "zp8": t8, "zp16": t16, "lo": TensorProto.FLOAT,
                  "hi": TensorProto.FLOAT, "m8": TensorProto.BOOL, "m16": TensorProto.BOOL,
-                 "mf16": TensorProto.BOOL}
+                 "mlow": TensorProto.BOOL, "mf16": TensorProto.BOOL}
         for k, n in names.items():
             inputs.append(helper.make_tensor_value_info(n, types[k], []))
         s, z8, z16 = names["scale"], names["zp8"], names["zp16"]
@@ -234,25 +237,30 @@ class QuantSim:
             return helper.make_graph(body, f"{t}_{tag}", [],
                                      [helper.make_tensor_value_info(result, TensorProto.FLOAT, None)])
 
+        def choose(flag: str, tag: str, then: onnx.GraphProto, other: onnx.GraphProto) -> onnx.GraphProto:
+            node = helper.make_node("If", [names[flag]], [p + "r_" + tag], then_branch=then, else_branch=other)
+            return branch("n_" + tag, [node], p + "r_" + tag)
+
         b8 = branch("q8", [
             helper.make_node("QuantizeLinear", [x, s, z8], [p + "q8"]),
             helper.make_node("DequantizeLinear", [p + "q8", s, z8], [p + "d8"]),
         ], p + "d8")
         b16 = branch("q16", [
-            helper.make_node("Clip", [x, names["lo"], names["hi"]], [p + "c16"]),
-            helper.make_node("QuantizeLinear", [p + "c16", s, z16], [p + "q16"], domain=self._q16_domain),
+            helper.make_node("QuantizeLinear", [x, s, z16], [p + "q16"], domain=self._q16_domain),
             helper.make_node("DequantizeLinear", [p + "q16", s, z16], [p + "d16"], domain=self._q16_domain),
         ], p + "d16")
+        blow = branch("qlow", [
+            helper.make_node("Clip", [x, names["lo"], names["hi"]], [p + "cl"]),
+            helper.make_node("QuantizeLinear", [p + "cl", s, z8], [p + "ql"]),
+            helper.make_node("DequantizeLinear", [p + "ql", s, z8], [p + "dl"]),
+        ], p + "dl")
         bf = branch("f16", [
             helper.make_node("Cast", [x], [p + "h"], to=TensorProto.FLOAT16),
             helper.make_node("Cast", [p + "h"], [p + "f"], to=TensorProto.FLOAT),
         ], p + "f")
         bid = branch("off", [helper.make_node("Identity", [x], [p + "id"])], p + "id")
-        n16 = branch("n16", [helper.make_node("If", [names["mf16"]], [p + "rf"], then_branch=bf,
-                                              else_branch=bid)], p + "rf")
-        not8 = branch("n8", [helper.make_node("If", [names["m16"]], [p + "r16"], then_branch=b16,
-                                              else_branch=n16)], p + "r16")
-        return [helper.make_node("If", [names["m8"]], [out], then_branch=b8, else_branch=not8, name=p + "fq")]
+        rest = choose("m16", "16", b16, choose("mlow", "low", blow, choose("mf16", "f16", bf, bid)))
+        return [helper.make_node("If", [names["m8"]], [out], then_branch=b8, else_branch=rest, name=p + "fq")]
 
     def _session(self):  # noqa: ANN202 - onnxruntime has no stubs
         import onnxruntime as ort
@@ -269,23 +277,28 @@ class QuantSim:
         sdt8 = np.int8 if self.signed else np.uint8
         sdt16 = np.int16 if self.signed else np.uint16
         feeds = {p + "scale": _scalar(1.0, np.float32), p + "zp8": _scalar(0, sdt8), p + "zp16": _scalar(0, sdt16),
-                 p + "lo": _scalar(0.0, np.float32), p + "hi": _scalar(0.0, np.float32),
-                 p + "m8": _scalar(False, np.bool_), p + "m16": _scalar(False, np.bool_),
-                 p + "mf16": _scalar(False, np.bool_)}
+                 p + "lo": _scalar(0.0, np.float32), p + "hi": _scalar(0.0, np.float32)}
+        for flag in ("m8", "m16", "mlow", "mf16"):
+            feeds[p + flag] = _scalar(False, np.bool_)
         if enc is None:
             return feeds
         if enc.dtype == "float":
             feeds[p + "mf16"] = _scalar(True, np.bool_)
             return feeds
+        if enc.bitwidth > 16:
+            raise ValueError(f"{t}: activation bit width {enc.bitwidth} is not simulated (at most 16)")
         feeds[p + "scale"] = _scalar(enc.scale[0], np.float32)
         zp = int(enc.zero_point[0])
-        if enc.bitwidth == 8:
-            feeds[p + "m8"] = _scalar(True, np.bool_)
-            feeds[p + "zp8"] = _scalar(zp, sdt8)
-        else:
-            lo, hi = enc.bounds()
+        if enc.bitwidth == 16:
             feeds[p + "m16"] = _scalar(True, np.bool_)
             feeds[p + "zp16"] = _scalar(zp, sdt16)
+            return feeds
+        feeds[p + "zp8"] = _scalar(zp, sdt8)
+        if enc.bitwidth == 8:
+            feeds[p + "m8"] = _scalar(True, np.bool_)
+        else:
+            lo, hi = enc.bounds()
+            feeds[p + "mlow"] = _scalar(True, np.bool_)
             feeds[p + "lo"] = _scalar(lo[0], np.float32)
             feeds[p + "hi"] = _scalar(hi[0], np.float32)
         return feeds
