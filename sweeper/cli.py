@@ -51,7 +51,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     tracker = _tracker(ws, args)
     pool = ws.pool(address=args.address)
     try:
-        rep = run_baseline(ws, pool, tracker)
+        rep = run_baseline(ws, pool, tracker, fresh=args.fresh)
     finally:
         pool.close()
         ws.close()
@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--workers", type=int, help="number of parallel workers")
         sp.add_argument("--address", default=None, help="Ray cluster address (default: start a local runtime)")
         sp.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+        sp.add_argument("--fresh", action="store_true",
+                        help="start the step's study afresh (default: resume it, skipping evaluated profiles)")
 
     for name, fn, helptext in [("run", cmd_baseline, "the whole workflow (currently: Step 1, baseline)"),
                                ("baseline", cmd_baseline, "Step 1: simulate every candidate precision")]:

@@ -67,6 +67,9 @@ class Workspace:
         self.quant_config = QuantConfig(scheme=c.scheme, percentile=c.percentile, act_symmetric=c.act_symmetric,
                                         weight_symmetric=c.weight_symmetric, per_channel=c.per_channel)
         self.table = EncodingTable(self.graph, self.stats, self.quant_config)
+        from sweeper.cost.latency import CostModel, load_target
+
+        self.cost_model = CostModel(self.graph, self.stats.shapes, load_target(exp.cost_target))
         self.fp32_session = self._session(self.prepared)
         run = self.fp32_run
         self.reference = reference_outputs(run, self._inputs(self.eval_data)) if self.evaluator.needs_reference else None

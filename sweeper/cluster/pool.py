@@ -36,6 +36,7 @@ class Result:
     metric: float
     eval_seconds: float
     worker: str = ""
+    node: str = ""  # Ray node id ("" in process)
 
 
 class SimWorker:
@@ -58,12 +59,18 @@ class SimWorker:
         self.data = spec.data
         self.reference = spec.reference
 
-    def evaluate(self, profile_json: dict[str, str]) -> tuple[dict[str, str], float, float, str]:
+    def evaluate(self, profile_json: dict[str, str]) -> tuple[dict[str, str], float, float, str, str]:
         profile = Profile.from_json(profile_json)
         t0 = time.perf_counter()
         self.sim.apply(profile)
         metric = float(self.evaluator.evaluate(self.sim.run, self.data, self.reference))
-        return profile_json, metric, time.perf_counter() - t0, self.name
+        return profile_json, metric, time.perf_counter() - t0, self.name, self.node_id()
+
+    def node_id(self) -> str:
+        return ""
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 class WorkerPool(Protocol):
@@ -83,8 +90,8 @@ class InProcessPool:
 
     def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
         for p in profiles:
-            pj, metric, secs, name = self.worker.evaluate(p.to_json())
-            yield Result(Profile.from_json(pj), metric, secs, name)
+            pj, metric, secs, name, node = self.worker.evaluate(p.to_json())
+            yield Result(Profile.from_json(pj), metric, secs, name, node)
 
     def close(self) -> None:
         pass
@@ -98,8 +105,9 @@ def _quiet_ray_env() -> None:
 
 
 class RayPool:
-    """SimWorker actors on Ray; the spec goes through the object store once; dispatch keeps every
-    worker busy and yields results as they complete."""
+    """SimWorker actors on Ray. The spec goes through the object store once; dispatch keeps every worker
+    busy and yields results as they complete. A worker that dies (its process killed, its node lost) is
+    replaced by a new actor and its in-flight profile is evaluated again."""
 
     def __init__(self, spec: WorkerSpec, workers: int, address: str | None = None) -> None:
         _quiet_ray_env()
@@ -118,32 +126,55 @@ class RayPool:
             else:
                 ray.init(num_cpus=max(workers * spec.threads, os.cpu_count() or 1), **kwargs)
             self._started = True
-        spec_ref = ray.put(spec)
-        actor_cls = ray.remote(num_cpus=spec.threads)(_RaySimWorker)
-        self._spec_ref = spec_ref  # keep the shared spec alive while actors use it
-        self.actors = [actor_cls.remote(spec_ref, f"ray-{i}") for i in range(workers)]
+        self._spec_ref = ray.put(spec)  # one copy in the object store, shared by every actor
+        self._actor_cls = ray.remote(num_cpus=spec.threads)(_RaySimWorker)
+        self._made = 0
+        self.actors = [self._new_actor() for _ in range(workers)]
         self.size = workers
+        self.replaced = 0
+
+    def _new_actor(self) -> Any:
+        actor = self._actor_cls.remote(self._spec_ref, f"ray-{self._made}")
+        self._made += 1
+        return actor
+
+    def worker_pids(self) -> list[int]:
+        return list(self._ray.get([a.pid.remote() for a in self.actors]))
 
     def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
         ray = self._ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
         pending = list(profiles)
         idle = list(self.actors)
-        running: dict[Any, Any] = {}
+        running: dict[Any, tuple[Any, Profile]] = {}
         while pending or running:
             while pending and idle:
                 actor = idle.pop()
-                ref = actor.evaluate.remote(pending.pop(0).to_json())
-                running[ref] = actor
+                profile = pending.pop(0)
+                running[actor.evaluate.remote(profile.to_json())] = (actor, profile)
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
-                actor = running.pop(ref)
+                actor, profile = running.pop(ref)
+                try:
+                    pj, metric, secs, name, node = ray.get(ref)
+                except (RayActorError, ActorDiedError, ActorUnavailableError):
+                    # the worker died: replace it and evaluate its profile again
+                    replacement = self._new_actor()
+                    self.actors = [replacement if a is actor else a for a in self.actors]
+                    self.replaced += 1
+                    pending.insert(0, profile)
+                    idle.append(replacement)
+                    continue
                 idle.append(actor)
-                pj, metric, secs, name = ray.get(ref)
-                yield Result(Profile.from_json(pj), metric, secs, name)
+                yield Result(Profile.from_json(pj), metric, secs, name, node)
 
     def close(self) -> None:
         for a in self.actors:
-            self._ray.kill(a)
+            try:
+                self._ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
         self.actors = []
         if self._started:
             self._ray.shutdown()
@@ -152,9 +183,40 @@ class RayPool:
 class _RaySimWorker(SimWorker):
     def __init__(self, spec: WorkerSpec, name: str) -> None:
         super().__init__(spec, name)
+        import ray
+
+        self._node = ray.get_runtime_context().get_node_id()
+
+    def node_id(self) -> str:
+        return self._node
+
+
+class LazyPool:
+    """Starts the real pool on first use (a fully resumed sweep needs no workers at all)."""
+
+    def __init__(self, kind: str, spec: WorkerSpec, workers: int, address: str | None = None) -> None:
+        self.kind, self.spec, self.size, self.address = kind, spec, workers, address
+        self.pool: InProcessPool | RayPool | None = None
+
+    def started(self) -> InProcessPool | RayPool:
+        if self.pool is None:
+            self.pool = InProcessPool(self.spec) if self.kind == "local" else RayPool(self.spec, self.size, self.address)
+        return self.pool
+
+    def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
+        todo = list(profiles)
+        if not todo:
+            return iter(())
+        return self.started().map_unordered(todo)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
 def make_pool(kind: str, spec: WorkerSpec, workers: int, address: str | None = None) -> WorkerPool:
-    if kind == "local":
-        return InProcessPool(spec)
-    return RayPool(spec, workers, address)
+    """A worker pool: ``ray`` (actors, the default) or ``local`` (in process), started on first use."""
+    if kind not in ("ray", "local"):
+        raise ValueError(f"unknown pool {kind!r}: expected ray or local")
+    return LazyPool(kind, spec, workers, address)

@@ -34,13 +34,16 @@ _IMPORT_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
 
 _TOP_KEYS = (
     "name", "model", "data", "metric", "higher_is_better", "batch_size", "target", "candidates",
-    "calibration", "workers", "pool", "threads_per_worker", "output", "tracking",
+    "calibration", "workers", "pool", "threads_per_worker", "output", "tracking", "study", "cost",
 )
 _MODEL_KEYS = ("onnx", "torch")
 _DATA_KEYS = ("calibration", "evaluation")
 _TARGET_KEYS = ("max_drop",)
 _CALIBRATION_KEYS = ("scheme", "percentile", "samples", "act_symmetric", "weight_symmetric", "per_channel")
-_TRACKING_KEYS = ("uri",)
+_TRACKING_KEYS = ("uri", "artifacts")
+_STUDY_KEYS = ("storage",)
+_COST_KEYS = ("target",)
+ARTIFACT_MODES = ("all", "accepted")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ class Experiment:
     threads_per_worker: int
     output: Path  # absolute; not created at load time
     tracking_uri: str | None  # None: MLFLOW_TRACKING_URI or sqlite:///mlflow.db (see sweeper.tracking)
+    tracking_artifacts: str = "all"  # "all" profiles, or only "accepted" ones (large models)
+    study_storage: str | None = None  # Optuna storage URL; None: SWEEPER_STUDY_STORAGE or OUTPUT/study.db
+    cost_target: str = "npu_generic"  # CostModel target (bundled name or YAML path) for est_latency_ms
 
 
 # ----------------------------------------------------------------------------------------------- YAML
@@ -410,14 +416,51 @@ def _output(ctx: _Ctx, raw: Mapping[str, Any], name: str) -> Path:
     return out
 
 
-def _tracking(ctx: _Ctx, raw: Mapping[str, Any]) -> str | None:
+def _tracking(ctx: _Ctx, raw: Mapping[str, Any]) -> tuple[str | None, str]:
     value = raw.get("tracking")
     if value is None:
-        return None
+        return None, "all"
     section = _mapping(ctx, value, "tracking", _TRACKING_KEYS)
-    if section.get("uri") is None:
+    uri = None
+    if section.get("uri") is not None:
+        uri = _string(ctx, section["uri"], "tracking.uri", "an MLflow tracking URI such as sqlite:///mlflow.db")
+    artifacts = "all"
+    if section.get("artifacts") is not None:
+        artifacts = _string(ctx, section["artifacts"], "tracking.artifacts", "all or accepted")
+        if artifacts not in ARTIFACT_MODES:
+            raise ctx.error("tracking.artifacts", f"found {artifacts!r}: expected all or accepted")
+    return uri, artifacts
+
+
+def _study(ctx: _Ctx, raw: Mapping[str, Any]) -> str | None:
+    value = raw.get("study")
+    if value is None:
         return None
-    return _string(ctx, section["uri"], "tracking.uri", "an MLflow tracking URI such as sqlite:///mlflow.db")
+    section = _mapping(ctx, value, "study", _STUDY_KEYS)
+    if section.get("storage") is None:
+        return None
+    expected = "an Optuna storage URL such as sqlite:///study.db or postgresql://host/db"
+    text = _string(ctx, section["storage"], "study.storage", expected)
+    if "://" not in text:
+        raise ctx.error("study.storage", f"found {text!r}: expected {expected}")
+    return text
+
+
+def _cost(ctx: _Ctx, raw: Mapping[str, Any]) -> str:
+    value = raw.get("cost")
+    if value is None:
+        return "npu_generic"
+    section = _mapping(ctx, value, "cost", _COST_KEYS)
+    if section.get("target") is None:
+        return "npu_generic"
+    text = _string(ctx, section["target"], "cost.target", "a bundled target name or a target YAML file")
+    from sweeper.cost.latency import load_target
+
+    try:
+        load_target(text if not text.endswith((".yaml", ".yml")) else str(ctx.folder / text))
+    except ValueError as exc:
+        raise ctx.error("cost.target", str(exc)) from None
+    return text if not text.endswith((".yaml", ".yml")) else str(ctx.folder / text)
 
 
 def load_experiment(path: str | os.PathLike[str]) -> Experiment:
@@ -442,9 +485,12 @@ def load_experiment(path: str | os.PathLike[str]) -> Experiment:
     pool = _pool(ctx, raw)
     threads = _int(ctx, raw, "threads_per_worker", "threads_per_worker", 1, 1)
     output = _output(ctx, raw, name)
-    tracking_uri = _tracking(ctx, raw)
+    tracking_uri, tracking_artifacts = _tracking(ctx, raw)
+    study_storage = _study(ctx, raw)
+    cost_target = _cost(ctx, raw)
     return Experiment(
         name=name, path=p.resolve(), model=model, data=data, metric=metric, higher_is_better=higher,
         batch_size=batch_size, max_drop=max_drop, candidates=candidates, calibration=calibration,
         workers=workers, pool=pool, threads_per_worker=threads, output=output, tracking_uri=tracking_uri,
+        tracking_artifacts=tracking_artifacts, study_storage=study_storage, cost_target=cost_target,
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 from sweeper.pipeline import StagedOutput, Workspace
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
-from sweeper.search.evaluate import Evaluated, evaluate_profiles, write_json
+from sweeper.search.evaluate import Evaluated, Sweep, write_json
 from sweeper.tracking.tracker import Tracker
 
 
@@ -41,17 +41,14 @@ def interpret(ok: dict[str, bool]) -> str:
     return "see the table: the cheapest passing candidate is marked."
 
 
-def run_baseline(ws: Workspace, pool, tracker: Tracker | None) -> BaselineReport:  # noqa: ANN001
+def run_baseline(ws: Workspace, pool, tracker: Tracker | None, fresh: bool = False) -> BaselineReport:  # noqa: ANN001
     exp = ws.exp
     groups = [g.name for g in ws.graph.groups]
     profiles = {p.name: Profile.uniform(groups, p) for p in exp.candidates}
     out = StagedOutput(exp.output, "baseline")
     try:
-        if tracker is not None:
-            tracker.start_step("baseline", {"strategy": "baseline", "candidates": ",".join(profiles),
-                                            "calibration_scheme": exp.calibration.scheme,
-                                            "max_drop": exp.max_drop, "groups": len(groups)})
-        results = evaluate_profiles(ws, pool, profiles, "baseline", out.path, tracker)
+        sweep = Sweep(ws, "baseline", "baseline", out.path, tracker, fresh=fresh)
+        results = sweep.evaluate(pool, profiles)
         rows = sorted(results.values(), key=lambda r: (r.bops_ratio, r.size_mb, -r.metric))
         passing = [r for r in rows if r.meets_target]
         chosen = passing[0].name if passing else None
@@ -68,8 +65,7 @@ def run_baseline(ws: Workspace, pool, tracker: Tracker | None) -> BaselineReport
         }
         write_json(out.path / "results.json", doc)
         final = out.commit()
-        if tracker is not None:
-            tracker.end_step({"fp32_metric": ws.fp32_metric}, [final / "results.json"])
+        sweep.finish({"fp32_metric": ws.fp32_metric}, [final / "results.json"])
     except BaseException:
         out.abort()
         raise
@@ -77,14 +73,16 @@ def run_baseline(ws: Workspace, pool, tracker: Tracker | None) -> BaselineReport
 
 
 def format_table(rep: BaselineReport, metric: str) -> str:
-    head = f"{'precision':<10} {metric:>10} {'drop':>9} {'BOPs':>7} {'size MB':>8} {'eval s':>7}  target"
-    lines = [head, "-" * len(head), f"{'fp32':<10} {rep.fp32_metric:>10.4f} {0.0:>9.4f} {'-':>7} {'-':>8} {'-':>7}"]
+    head = (f"{'precision':<10} {metric:>10} {'drop':>9} {'BOPs':>7} {'size MB':>8} {'est ms':>9} {'eval s':>7}"
+            "  target")
+    lines = [head, "-" * len(head),
+             f"{'fp32':<10} {rep.fp32_metric:>10.4f} {0.0:>9.4f} {'-':>7} {'-':>8} {'-':>9} {'-':>7}"]
     for r in rep.rows:
         mark = "ok" if r.meets_target else "-"
         if r.name == rep.chosen:
             mark = "ok  <= chosen (lowest cost meeting the target)"
         lines.append(f"{r.name:<10} {r.metric:>10.4f} {r.drop:>9.4f} {r.bops_ratio:>6.2f}x {r.size_mb:>8.3f} "
-                     f"{r.eval_seconds:>7.2f}  {mark}")
+                     f"{r.est_latency_ms:>9.4f} {r.eval_seconds:>7.2f}  {mark}" + ("  (resumed)" if r.resumed else ""))
     return "\n".join(lines)
 
 

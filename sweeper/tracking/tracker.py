@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,26 +44,51 @@ class Tracker:
             self.experiment_id = exp.experiment_id
         self.client = client
         self.parent_id: str | None = None
+        self.logged: dict[str, str] = {}
 
-    def start_step(self, step: str, params: Mapping[str, Any]) -> str:
+    def start_step(self, step: str, params: Mapping[str, Any], resume_run_id: str | None = None) -> str:
+        """The parent run of a step; ``resume_run_id`` continues an interrupted sweep's parent run."""
+        self.logged: dict[str, str] = {}
+        if resume_run_id:
+            try:
+                run = self.client.get_run(resume_run_id)
+            except Exception:  # noqa: BLE001 - deleted or from another store: start afresh
+                run = None
+            if run is not None and run.info.experiment_id == self.experiment_id:
+                self.parent_id = resume_run_id
+                self.client.update_run(resume_run_id, status="RUNNING")
+                self.logged = self.child_runs()
+                return resume_run_id
         run = self.client.create_run(self.experiment_id, run_name=step,
                                      tags={"sweeper.step": step, "sweeper.version": sweeper.__version__})
         self.parent_id = run.info.run_id
-        for k, v in params.items():
-            self.client.log_param(self.parent_id, k, str(v)[:6000])
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.parent_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return self.parent_id
+
+    def child_runs(self) -> dict[str, str]:
+        """profile hash -> run id of the child runs already logged under the current step."""
+        if not self.parent_id:
+            return {}
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'",
+            max_results=50000)
+        return {r.data.tags["sweeper.profile_hash"]: r.info.run_id for r in runs
+                if "sweeper.profile_hash" in r.data.tags}
 
     def log_profile(self, name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
                     tags: Mapping[str, str], artifacts: Mapping[str, Path] | None = None,
                     assignment: Mapping[str, str] | None = None) -> str:
-        """One child run under the current step."""
+        """One child run under the current step; a profile already logged there is not logged again."""
+        key = tags.get("sweeper.profile_hash")
+        if key and key in self.logged:
+            return self.logged[key]
         all_tags = {"sweeper.version": sweeper.__version__, **tags}
         if self.parent_id:
             all_tags["mlflow.parentRunId"] = self.parent_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         rid = run.info.run_id
-        import time
-
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
@@ -79,13 +105,13 @@ class Tracker:
         for _, path in (artifacts or {}).items():
             self.client.log_artifact(rid, str(path), artifact_path="export")
         self.client.set_terminated(rid)
+        if key:
+            self.logged[key] = rid
         return rid
 
     def end_step(self, metrics: Mapping[str, float] | None = None, artifacts: list[Path] | None = None) -> None:
         if not self.parent_id:
             return
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

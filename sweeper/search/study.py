@@ -1,0 +1,71 @@
+"""Resumable sweeps: every evaluated profile is a completed trial of an Optuna study in a storage
+(SQLite file by default, an RDB URL on a cluster). A rerun loads the study and skips what is done."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sweeper.quant.precision import FP32, Precision
+from sweeper.quant.profile import Profile
+
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def study_name(experiment: str, step: str, fingerprint: dict[str, Any]) -> str:
+    """Name of a step's study; the fingerprint (calibration, metric, data...) keeps incompatible runs apart."""
+    digest = hashlib.sha1(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{experiment}/{step}/{digest}"
+
+
+class SweepStudy:
+    """An Optuna study whose trials are evaluated profiles (one categorical parameter per group)."""
+
+    def __init__(self, storage: str, name: str, groups: Sequence[str], precisions: Sequence[Precision],
+                 fresh: bool = False) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        logging.getLogger("optuna").setLevel(logging.WARNING)
+        self._optuna = optuna
+        if fresh:
+            try:
+                optuna.delete_study(study_name=name, storage=storage)
+            except KeyError:
+                pass
+        self.storage = storage
+        self.name = name
+        self.study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                         direction="maximize")
+        choices = tuple(dict.fromkeys([FP32.name, *(p.name for p in precisions)]))
+        self.distributions = {g: optuna.distributions.CategoricalDistribution(choices) for g in groups}
+
+    def completed(self) -> dict[str, dict[str, Any]]:
+        """profile key -> the record stored with its trial."""
+        from optuna.trial import TrialState
+
+        done: dict[str, dict[str, Any]] = {}
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            key = t.user_attrs.get("profile_key")
+            if key:
+                done[key] = dict(t.user_attrs)
+        return done
+
+    def record(self, profile: Profile, metric: float, attrs: dict[str, Any]) -> None:
+        params = {g: p.name for g, p in profile.assignment if g in self.distributions}
+        trial = self._optuna.trial.create_trial(
+            params=params, distributions={g: self.distributions[g] for g in params}, value=metric,
+            user_attrs={"profile_key": profile.key, "profile": profile.to_json(), **attrs},
+        )
+        self.study.add_trial(trial)
+
+    @property
+    def parent_run_id(self) -> str | None:
+        value = self.study.user_attrs.get(PARENT_ATTR)
+        return str(value) if value else None
+
+    def set_parent_run_id(self, run_id: str) -> None:
+        self.study.set_user_attr(PARENT_ATTR, run_id)
