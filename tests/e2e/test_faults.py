@@ -1,0 +1,137 @@
+"""Faults lose no results: a worker killed mid-sweep, a driver interrupted with SIGINT (real Ray, MLflow,
+Optuna storage; the MNIST example on a tiled evaluation set so a sweep lasts a few seconds)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+ALL = [f"w{w}a{a}" for w in (2, 4, 8, 16) for a in (2, 4, 8, 16)] + ["fp16"]
+
+
+def _experiment(tmp: Path, tile: int = 3) -> Path:
+    from sweeper.examples import mnist
+
+    cal, ev = mnist.calibration_data(), mnist.evaluation_data()
+    np.savez(tmp / "cal.npz", **cal)
+    np.savez(tmp / "eval.npz", input=np.tile(ev["input"], (tile, 1, 1, 1)), labels=np.tile(ev["labels"], tile))
+    exp = tmp / "exp.yaml"
+    exp.write_text(f"""name: faults
+model:
+  torch: sweeper.examples.mnist:make_model
+data:
+  calibration: cal.npz
+  evaluation: eval.npz
+metric: top1
+batch_size: 512
+target:
+  max_drop: 0.005
+candidates: [{", ".join(ALL)}]
+workers: 2
+output: {tmp / "out"}
+tracking:
+  uri: sqlite:///{tmp / "mlflow.db"}
+""")
+    return exp
+
+
+def _child_runs(tmp: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("faults")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_killed_worker_is_replaced_and_its_profile_reevaluated(tmp_path: Path) -> None:
+    from sweeper.config.experiment import load_experiment
+    from sweeper.pipeline import Workspace
+    from sweeper.search.baseline import run_baseline
+    from sweeper.tracking.tracker import Tracker
+
+    exp = load_experiment(_experiment(tmp_path))
+    ws = Workspace(exp)
+    pool = ws.pool()
+    killed: list[int] = []
+
+    class KillAfterFirst:
+        """The real Ray pool; after the first result, SIGKILL one worker's process."""
+
+        size = pool.size
+
+        def map_unordered(self, profiles):  # noqa: ANN001, ANN202
+            for i, res in enumerate(pool.map_unordered(profiles)):
+                if i == 0:
+                    pid = pool.started().worker_pids()[0]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                yield res
+
+        def close(self) -> None:
+            pool.close()
+
+    tracker = Tracker(exp.name, exp.tracking_uri)
+    try:
+        rep = run_baseline(ws, KillAfterFirst(), tracker)
+        replaced = pool.started().replaced
+    finally:
+        pool.close()
+        ws.close()
+    assert killed and replaced >= 1
+    assert sorted(r.name for r in rep.rows) == sorted(ALL)
+    counts = Counter(r.data.tags["sweeper.profile_hash"] for r in _child_runs(tmp_path))
+    assert len(counts) == len(ALL) and set(counts.values()) == {1}
+
+
+def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
+    import optuna
+
+    exp = _experiment(tmp_path, tile=4)
+    cmd = [sys.executable, "-m", "sweeper", "baseline", str(exp)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    storage = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+    deadline = time.monotonic() + 240
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if not (tmp_path / "out" / "study.db").exists():
+            continue
+        try:
+            summaries = optuna.get_all_study_summaries(storage)
+        except Exception:  # noqa: BLE001 - the driver may be creating the schema right now
+            continue
+        done = sum(s.n_trials for s in summaries)
+        if done >= 2:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert done >= 2, err[-2000:]
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    first = _child_runs(tmp_path)
+    assert len(first) < len(ALL)
+    assert max(Counter(r.data.tags["sweeper.profile_hash"] for r in first).values()) == 1
+    assert not (tmp_path / "out" / "baseline").exists()  # nothing half-written
+
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "(resumed)" in res.stdout
+    runs = _child_runs(tmp_path)
+    counts = Counter(r.data.tags["sweeper.profile_hash"] for r in runs)
+    assert len(counts) == len(ALL) and set(counts.values()) == {1}
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1  # the rerun continued the same parent run
+    study = optuna.load_study(study_name=optuna.get_all_study_summaries(storage)[0].study_name, storage=storage)
+    keys = [t.user_attrs["profile_key"] for t in study.trials]
+    assert len(keys) == len(set(keys)) == len(ALL)
