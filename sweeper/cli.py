@@ -66,6 +66,24 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from sweeper.search.batch import experiment_files, format_summary, log_summary, run_batch, write_summary
+
+    files = experiment_files(args.experiments)
+    out = Path(args.output) if args.output else None
+    rows = run_batch(files, pool_kind=args.pool, workers=args.workers, address=args.address,
+                     tracking=not args.no_tracking, output=out)
+    summary = (out or Path("runs")) / "batch_summary.json"
+    write_summary(rows, summary)
+    print("\nBatch - Step 1 on every model")
+    print(format_summary(rows))
+    print(f"\nsummary: {summary}")
+    if not args.no_tracking:
+        log_summary(rows, summary, None)
+        print("MLflow: experiment 'sweeper-batch' holds the summary")
+    return 0 if not any(r.error for r in rows) else 1
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from sweeper.export.encodings_io import read_encodings, save_export
     from sweeper.export.qdq import export_qdq
@@ -125,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=helptext)
         common(sp)
         sp.set_defaults(func=fn)
+    sp = sub.add_parser("batch", help="Step 1 on many models (a folder of experiment files, or a list)")
+    sp.add_argument("experiments", nargs="+", help="experiment YAML files or folders of them")
+    sp.add_argument("--output", help="output root (each experiment writes OUTPUT/<name>)")
+    sp.add_argument("--pool", choices=["ray", "local"])
+    sp.add_argument("--workers", type=int)
+    sp.add_argument("--address", default=None)
+    sp.add_argument("--no-tracking", action="store_true")
+    sp.set_defaults(func=cmd_batch)
     sp = sub.add_parser("export", help="export one profile as ONNX QDQ + AIMET encodings")
     common(sp)
     group = sp.add_mutually_exclusive_group(required=True)

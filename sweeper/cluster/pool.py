@@ -104,6 +104,38 @@ def _quiet_ray_env() -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
+class ray_runtime:  # noqa: N801 - used as a context manager, like contextlib helpers
+    """Start (or join, with an address) one Ray runtime for several pools; shut it down at the end if this
+    process started it."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS")
+        self.num_cpus = num_cpus
+        self.started = False
+
+    def __enter__(self) -> ray_runtime:
+        _quiet_ray_env()
+        import logging
+
+        import ray
+
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
+                                          logging_level=logging.ERROR, configure_logging=True)
+            if self.address:
+                ray.init(address=self.address, **kwargs)
+            else:
+                ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, **kwargs)
+            self.started = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+
+
 class RayPool:
     """SimWorker actors on Ray. The spec goes through the object store once; dispatch keeps every worker
     busy and yields results as they complete. A worker that dies (its process killed, its node lost) is

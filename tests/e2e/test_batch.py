@@ -1,0 +1,58 @@
+"""`sweeper batch`: two real models over one Ray runtime, plus one broken experiment that must not stop them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import cnn_model
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def test_batch_reports_every_model_and_isolates_failures(tmp_path: Path) -> None:
+    exps = tmp_path / "exps"
+    exps.mkdir()
+    shutil.copy(ROOT / "experiments" / "mnist_cnn.yaml", exps / "a_mnist.yaml")
+    onnx.save(cnn_model(), str(exps / "tiny.onnx"))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 1, 8, 8)).astype(np.float32)
+    np.savez(exps / "tiny.npz", x=x)
+    (exps / "b_tiny.yaml").write_text("""name: tiny_cnn
+model:
+  onnx: tiny.onnx
+data:
+  calibration: tiny.npz
+  evaluation: tiny.npz
+metric: cosine
+target:
+  max_drop: 0.01
+candidates: [w8a8, w8a16, fp16]
+""")
+    (exps / "c_broken.yaml").write_text("""name: broken
+model:
+  onnx: tiny.onnx
+data:
+  calibration: tiny.npz
+  evaluation: tiny.npz
+metric: top1
+target:
+  max_drop: 0.01
+""")  # top1 needs labels: fails when the data is checked, after the others are scheduled
+    res = subprocess.run([sys.executable, "-m", "sweeper", "batch", str(exps), "--output", str(tmp_path / "out")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 1, res.stderr[-3000:]  # one model failed
+    rows = {r["experiment"]: r for r in json.loads((tmp_path / "out" / "batch_summary.json").read_text())}
+    assert set(rows) == {"mnist_cnn", "tiny_cnn", "broken"}
+    assert rows["mnist_cnn"]["chosen"] and rows["mnist_cnn"]["fp32_metric"] == pytest.approx(1449 / 1541)
+    assert rows["tiny_cnn"]["chosen"] == "w8a8" and rows["tiny_cnn"]["metric"] > 0.99
+    assert rows["broken"]["error"] and "labels missing" in rows["broken"]["error"]
+    assert "mnist_cnn" in res.stdout and "tiny_cnn" in res.stdout and "labels missing" in res.stdout
+    assert (tmp_path / "out" / "mnist_cnn" / "baseline" / "results.json").is_file()
