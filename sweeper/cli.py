@@ -66,6 +66,75 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precision(text: str, flag: str):  # noqa: ANN202
+    from sweeper.quant.precision import Precision
+
+    try:
+        return Precision.parse(text)
+    except ValueError as exc:
+        raise SweeperError(flag, str(exc)) from None
+
+
+def _ranking(text: str) -> str:
+    from sweeper.search.analyzer import RANKINGS
+
+    if text not in RANKINGS:
+        raise SweeperError("--rank", f"found {text!r}: expected one of {', '.join(RANKINGS)}")
+    return text
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from sweeper.search.analyzer import analysis_precisions, format_analysis, run_analyze
+
+    base = _precision(args.base, "--base")
+    ranking = _ranking(args.rank)
+    ws = _workspace(args)
+    tracker = _tracker(ws, args)
+    pool = ws.pool(address=args.address, extra_precisions=analysis_precisions(base), probes=True)
+    try:
+        rep = run_analyze(ws, pool, tracker, base, ranking, fresh=args.fresh)
+    finally:
+        pool.close()
+        ws.close()
+    print(f"\nStep 2 - sensitivity analysis: {ws.exp.name} at {base.name} (ranked by {ranking})")
+    print(format_analysis(rep.doc))
+    print(f"\nreport: {rep.output / 'report.html'}\nresults: {rep.output / 'sensitivity.json'}")
+    return 0
+
+
+def cmd_litemp(args: argparse.Namespace) -> int:
+    from sweeper.search.analyzer import analysis_precisions
+    from sweeper.search.litemp import format_litemp, run_litemp
+
+    base = _precision(args.base, "--base")
+    high = _precision(args.high, "--high")
+    ranking = _ranking(args.rank)
+    try:
+        ks = tuple(float(k) for k in args.k.split(","))
+    except ValueError:
+        raise SweeperError("--k", f"found {args.k!r}: expected comma-separated percentages, e.g. 0,5,10") from None
+    if any(k < 0 or k > 100 for k in ks):
+        raise SweeperError("--k", f"found {args.k!r}: expected percentages between 0 and 100")
+    ws = _workspace(args)
+    tracker = _tracker(ws, args)
+    pool = ws.pool(address=args.address, extra_precisions=(*analysis_precisions(base), high.name), probes=True)
+    try:
+        rep = run_litemp(ws, pool, tracker, base, high, ks, ranking, fresh=args.fresh)
+    finally:
+        pool.close()
+        ws.close()
+    print(f"\nStep 2 - LiteMP: {ws.exp.name}, base {base.name}, top-k % of groups at {high.name} "
+          f"(ranked by {ranking}; FP32 {ws.fp32_metric:.4f}, max drop {ws.exp.max_drop})")
+    print(format_litemp(rep, ws.exp.metric))
+    if rep.chosen:
+        print(f"\nchosen: k = {rep.chosen.k:g} % ({len(rep.chosen.flipped)} groups at {high.name}) -> "
+              f"{rep.chosen.result.onnx}")
+    else:
+        print("\nno k meets the target: try a higher --high precision, larger --k, or AMP")
+    print(f"results: {rep.output / 'results.json'}")
+    return 0
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     from sweeper.search.batch import experiment_files, format_summary, log_summary, run_batch, write_summary
 
@@ -143,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=helptext)
         common(sp)
         sp.set_defaults(func=fn)
+    sp = sub.add_parser("analyze", help="Step 2: per-layer sensitivity analysis (report with plots)")
+    common(sp)
+    sp.add_argument("--base", default="w8a8", help="base precision to analyse (default w8a8)")
+    sp.add_argument("--rank", default="enable_one", help="ranking: enable_one (default), disable_one, sqnr")
+    sp.set_defaults(func=cmd_analyze)
+    sp = sub.add_parser("litemp", help="Step 2: flip the top-k %% most sensitive groups to a higher precision")
+    common(sp)
+    sp.add_argument("--base", default="w8a8", help="base precision (default w8a8)")
+    sp.add_argument("--high", default="fp16", help="precision of the flipped groups (default fp16)")
+    sp.add_argument("--k", default="0,5,10,15,20,30,50", help="percentages of groups to flip, tried in order")
+    sp.add_argument("--rank", default="enable_one", help="ranking: enable_one (default), disable_one, sqnr")
+    sp.set_defaults(func=cmd_litemp)
     sp = sub.add_parser("batch", help="Step 1 on many models (a folder of experiment files, or a list)")
     sp.add_argument("experiments", nargs="+", help="experiment YAML files or folders of them")
     sp.add_argument("--output", help="output root (each experiment writes OUTPUT/<name>)")

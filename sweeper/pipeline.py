@@ -94,16 +94,29 @@ class Workspace:
         """How much worse than FP32 (positive = worse), in metric units."""
         return (self.fp32_metric - metric) if self.exp.higher_is_better else (metric - self.fp32_metric)
 
-    def worker_spec(self) -> WorkerSpec:
+    def worker_spec(self, extra_precisions: tuple[str, ...] = (), probes: bool = False) -> WorkerSpec:
+        """What workers build their QuantSim from; ``extra_precisions`` beyond the candidates (analysis,
+        LiteMP's higher precision); ``probes`` adds a calibration batch and per-group probe tensors."""
+        from sweeper.sim.quantsim import probe_tensor
+
+        precisions = tuple(dict.fromkeys([*(p.name for p in self.exp.candidates), *extra_precisions]))
+        probe_data = None
+        probe_tensors: tuple[str, ...] = ()
+        if probes:
+            n = min(self.exp.batch_size, len(next(iter(self.cal_data.values()))))
+            probe_data = {k: self.cal_data[k][:n] for k in self.graph.input_names}
+            probe_tensors = tuple(dict.fromkeys(probe_tensor(self.graph, g.name) for g in self.graph.groups))
         return WorkerSpec(
             model_bytes=self.prepared.SerializeToString(), stats=self.stats, quant_config=self.quant_config,
             metric=self.exp.metric, higher_is_better=self.exp.higher_is_better, batch_size=self.exp.batch_size,
             input_names=self.graph.input_names, data=self.eval_data, reference=self.reference,
-            threads=self.threads, precisions=tuple(p.name for p in self.exp.candidates),
+            threads=self.threads, precisions=precisions, probe_data=probe_data, probe_tensors=probe_tensors,
         )
 
-    def pool(self, kind: str | None = None, workers: int | None = None, address: str | None = None) -> WorkerPool:
-        return make_pool(kind or self.exp.pool, self.worker_spec(), workers or self.exp.workers, address)
+    def pool(self, kind: str | None = None, workers: int | None = None, address: str | None = None,
+             extra_precisions: tuple[str, ...] = (), probes: bool = False) -> WorkerPool:
+        spec = self.worker_spec(extra_precisions, probes)
+        return make_pool(kind or self.exp.pool, spec, workers or self.exp.workers, address)
 
     def close(self) -> None:
         self._tmp.cleanup()

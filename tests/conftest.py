@@ -99,3 +99,51 @@ def build_sim() -> Callable[..., tuple]:
         return graph, table, QuantSim(graph, table, threads=1, precisions=precisions)
 
     return _build
+
+
+def fragile_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x -> fc1 -> Relu -> fc2 -> Relu -> fc3. fc2's weights are fragile: in every output row one huge weight
+    sets the per-channel scale, so at 4 bits the small weights that carry the signal round to zero."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((16, 16)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((16, 16)) * 0.3).astype(np.float32)
+    w2[0, :] = 40.0  # input 0 of fc2 is always 0 (fc1 bias -1e3 + Relu), so in FP32 the huge row is harmless
+    w3 = (rng.standard_normal((16, 4)) * 0.3).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(w3, "w3"),
+             numpy_helper.from_array(np.zeros(16, np.float32), "b1"),
+             numpy_helper.from_array(np.array([-1e3] + [0.0] * 15, np.float32), "b1dead")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"], name="fc1"),
+        helper.make_node("Add", ["h1", "b1dead"], ["h1b"], name="fc1_bias"),
+        helper.make_node("Relu", ["h1b"], ["r1"], name="relu1"),
+        helper.make_node("MatMul", ["r1", "w2"], ["h2"], name="fc2"),
+        helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+        helper.make_node("MatMul", ["r2", "w3"], ["y"], name="fc3"),
+    ]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def write_experiment(tmp, model: onnx.ModelProto, data: dict[str, np.ndarray], metric: str = "cosine",  # noqa: ANN001
+                     max_drop: float = 0.01, candidates: str = "[w8a8, w4a8]", extra: str = ""):  # noqa: ANN201
+    """An experiment file (onnx + npz) in ``tmp`` with the local pool and a local MLflow/Optuna store."""
+    onnx.save(model, str(tmp / "model.onnx"))
+    np.savez(tmp / "data.npz", **data)
+    path = tmp / "exp.yaml"
+    path.write_text(f"""name: {tmp.name.replace('-', '_')[:40] or 'tiny'}
+model:
+  onnx: model.onnx
+data:
+  calibration: data.npz
+  evaluation: data.npz
+metric: {metric}
+target:
+  max_drop: {max_drop}
+candidates: {candidates}
+pool: local
+output: {tmp / 'out'}
+tracking:
+  uri: sqlite:///{tmp / 'mlflow.db'}
+{extra}""")
+    return path

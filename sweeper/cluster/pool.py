@@ -6,11 +6,14 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from sweeper.quant.profile import Profile
+
+if TYPE_CHECKING:
+    from sweeper.sim.quantsim import QuantSim
 
 
 @dataclass
@@ -28,6 +31,8 @@ class WorkerSpec:
     reference: list[np.ndarray] | None
     threads: int = 1
     precisions: tuple[str, ...] = ()  # every precision a profile may assign (the sweep's candidates)
+    probe_data: dict[str, np.ndarray] | None = None  # a calibration batch for per-layer SQNR probes
+    probe_tensors: tuple[str, ...] = ()  # tensors the probes compare with FP32
 
 
 @dataclass
@@ -58,6 +63,10 @@ class SimWorker:
         self.evaluator = make_evaluator(spec.metric, spec.higher_is_better, spec.batch_size, spec.input_names)
         self.data = spec.data
         self.reference = spec.reference
+        self.spec = spec
+        self._graph = graph
+        self._probe: QuantSim | None = None
+        self._probe_ref: dict[str, np.ndarray] = {}
 
     def evaluate(self, profile_json: dict[str, str]) -> tuple[dict[str, str], float, float, str, str]:
         profile = Profile.from_json(profile_json)
@@ -65,6 +74,26 @@ class SimWorker:
         self.sim.apply(profile)
         metric = float(self.evaluator.evaluate(self.sim.run, self.data, self.reference))
         return profile_json, metric, time.perf_counter() - t0, self.name, self.node_id()
+
+    def layer_sqnr(self, profile_json: dict[str, str], tensor: str) -> float:
+        """SQNR (dB) of ``tensor`` under ``profile`` vs FP32, on the probe (calibration) batch."""
+        from sweeper.quant.precision import FP32
+        from sweeper.sim.quantsim import QuantSim
+
+        if self._probe is None:
+            self._probe = QuantSim(self._graph, self.table, threads=self.spec.threads,
+                                   precisions=self.spec.precisions, extra_outputs=self.spec.probe_tensors)
+            self._probe.apply(Profile.uniform([g.name for g in self._graph.groups], FP32))
+            outs = self._probe.run_named(self.spec.probe_data or {})
+            self._probe_ref = {t: outs[t] for t in self.spec.probe_tensors}
+        self._probe.apply(Profile.from_json(profile_json))
+        out = self._probe.run_named(self.spec.probe_data or {})[tensor].astype(np.float64)
+        ref = self._probe_ref[tensor].astype(np.float64)
+        noise = float(np.sum((ref - out) ** 2))
+        signal = float(np.sum(ref ** 2))
+        if noise == 0.0:
+            return 100.0
+        return float(min(100.0, 10.0 * np.log10(max(signal, 1e-30) / noise)))
 
     def node_id(self) -> str:
         return ""
@@ -78,6 +107,8 @@ class WorkerPool(Protocol):
 
     def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]: ...
 
+    def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]: ...
+
     def close(self) -> None: ...
 
 
@@ -88,9 +119,13 @@ class InProcessPool:
         self.worker = SimWorker(spec, "local-0")
         self.size = 1
 
+    def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
+        for i, args in enumerate(calls):
+            yield i, getattr(self.worker, method)(*args)
+
     def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
-        for p in profiles:
-            pj, metric, secs, name, node = self.worker.evaluate(p.to_json())
+        for _, out in self.map_calls("evaluate", [(p.to_json(),) for p in profiles]):
+            pj, metric, secs, name, node = out
             yield Result(Profile.from_json(pj), metric, secs, name, node)
 
     def close(self) -> None:
@@ -173,33 +208,39 @@ class RayPool:
     def worker_pids(self) -> list[int]:
         return list(self._ray.get([a.pid.remote() for a in self.actors]))
 
-    def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
+    def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
+        """Call ``method(*args)`` on the workers for every args tuple; yield (index, result) as they finish."""
         ray = self._ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-        pending = list(profiles)
+        pending = list(range(len(calls)))
         idle = list(self.actors)
-        running: dict[Any, tuple[Any, Profile]] = {}
+        running: dict[Any, tuple[Any, int]] = {}
         while pending or running:
             while pending and idle:
                 actor = idle.pop()
-                profile = pending.pop(0)
-                running[actor.evaluate.remote(profile.to_json())] = (actor, profile)
+                i = pending.pop(0)
+                running[getattr(actor, method).remote(*calls[i])] = (actor, i)
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
-                actor, profile = running.pop(ref)
+                actor, i = running.pop(ref)
                 try:
-                    pj, metric, secs, name, node = ray.get(ref)
+                    out = ray.get(ref)
                 except (RayActorError, ActorDiedError, ActorUnavailableError):
-                    # the worker died: replace it and evaluate its profile again
+                    # the worker died: replace it and run its call again
                     replacement = self._new_actor()
                     self.actors = [replacement if a is actor else a for a in self.actors]
                     self.replaced += 1
-                    pending.insert(0, profile)
+                    pending.insert(0, i)
                     idle.append(replacement)
                     continue
                 idle.append(actor)
-                yield Result(Profile.from_json(pj), metric, secs, name, node)
+                yield i, out
+
+    def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
+        for _, out in self.map_calls("evaluate", [(p.to_json(),) for p in profiles]):
+            pj, metric, secs, name, node = out
+            yield Result(Profile.from_json(pj), metric, secs, name, node)
 
     def close(self) -> None:
         for a in self.actors:
@@ -240,6 +281,11 @@ class LazyPool:
         if not todo:
             return iter(())
         return self.started().map_unordered(todo)
+
+    def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
+        if not calls:
+            return iter(())
+        return self.started().map_calls(method, calls)
 
     def close(self) -> None:
         if self.pool is not None:

@@ -71,6 +71,8 @@ class Target:
         """Throughput key used for ``prec`` (see the module docstring)."""
         if prec.is_float:
             return "fp32" if prec.is_fp32 else "fp16"
+        if prec.weights_float or prec.acts_float:
+            return "fp32"
         bits = max(prec.weight_bits, prec.act_bits)
         widths = sorted((w, k) for k, w in INT_KEYS.items() if k in self.throughput_gmacs)
         for width, key in widths:

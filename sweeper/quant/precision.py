@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 _ALLOWED_BITS = (2, 4, 8, 16)
+FLOAT_BITS = 32  # in wXaY, 32 means "not quantized" (w8a32: weights only; w32a8: activations only)
 _PATTERN = re.compile(r"^w(\d+)a(\d+)$")
 
 
@@ -28,10 +29,12 @@ class Precision:
         match = _PATTERN.match(text)
         if match:
             w, a = int(match.group(1)), int(match.group(2))
-            if w in _ALLOWED_BITS and a in _ALLOWED_BITS:
-                return Precision(w, a, False)
+            allowed = (*_ALLOWED_BITS, FLOAT_BITS)
+            if w in allowed and a in allowed:
+                return Precision(32, 32, True) if w == a == FLOAT_BITS else Precision(w, a, False)
         raise ValueError(
-            f"unknown precision {name!r}: expected wXaY with X and Y in {{2, 4, 8, 16}} (e.g. w8a16), fp16 or fp32"
+            f"unknown precision {name!r}: expected wXaY with X and Y in {{2, 4, 8, 16}} (e.g. w8a16; 32 leaves "
+            "that side float: w8a32), fp16 or fp32"
         )
 
     @property
@@ -47,6 +50,24 @@ class Precision:
     @property
     def is_fp16(self) -> bool:
         return self.is_float and self.weight_bits == 16
+
+    @property
+    def weights_float(self) -> bool:
+        return self.is_fp32 or (not self.is_float and self.weight_bits == FLOAT_BITS)
+
+    @property
+    def acts_float(self) -> bool:
+        return self.is_fp32 or (not self.is_float and self.act_bits == FLOAT_BITS)
+
+    def weights_only(self) -> Precision:
+        """Only the weights at this precision (activations float32), for analysis."""
+        return FP32 if self.is_fp32 or self.weights_float else (
+            FP16 if self.is_fp16 else Precision(self.weight_bits, FLOAT_BITS))
+
+    def activations_only(self) -> Precision:
+        """Only the activations at this precision (weights float32), for analysis."""
+        return FP32 if self.is_fp32 or self.acts_float else (
+            FP16 if self.is_fp16 else Precision(FLOAT_BITS, self.act_bits))
 
     @property
     def bops_factor(self) -> int:

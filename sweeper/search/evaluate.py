@@ -66,12 +66,13 @@ class Sweep:
     """One step's sweep (see the module docstring)."""
 
     def __init__(self, ws: Workspace, step: str, strategy: str, out_dir: Path, tracker: Tracker | None,
-                 params: dict[str, Any] | None = None, fresh: bool = False) -> None:
+                 params: dict[str, Any] | None = None, fresh: bool = False, export: bool = True) -> None:
         self.ws = ws
         self.step = step
         self.strategy = strategy
         self.out_dir = out_dir
         self.tracker = tracker
+        self.export = export
         exp = ws.exp
         fingerprint = {"model": str(exp.model), "data": str(exp.data), "metric": exp.metric,
                        "calibration": str(exp.calibration), "batch_size": exp.batch_size}
@@ -100,10 +101,11 @@ class Sweep:
     def _finish(self, ev: Evaluated, profile: Profile, res: Result | None) -> Evaluated:
         """Export, log and record one profile (background thread)."""
         ws = self.ws
-        model = export_qdq(ws.graph, ws.table, profile)
         onnx_path, enc_path = self.out_dir / f"{ev.name}.onnx", self.out_dir / f"{ev.name}.encodings"
-        save_export(model, ws.table.to_aimet(profile), onnx_path, enc_path)
-        ev.onnx, ev.encodings = str(onnx_path), str(enc_path)
+        if self.export:
+            model = export_qdq(ws.graph, ws.table, profile)
+            save_export(model, ws.table.to_aimet(profile), onnx_path, enc_path)
+            ev.onnx, ev.encodings = str(onnx_path), str(enc_path)
         if res is None:  # resumed: logged and recorded by the run that evaluated it
             return ev
         run_id = ""
@@ -118,7 +120,7 @@ class Sweep:
                          "est_latency_ms": ev.est_latency_ms, "size_mb": ev.size_mb, "eval_seconds": ev.eval_seconds},
                 tags={"sweeper.profile_hash": profile.key, "sweeper.strategy": self.strategy,
                       "sweeper.worker": res.worker, "sweeper.node": res.node},
-                artifacts={"onnx": onnx_path, "encodings": enc_path} if keep else None,
+                artifacts={"onnx": onnx_path, "encodings": enc_path} if keep and self.export else None,
                 assignment=profile.to_json(),
             )
         self.study.record(profile, ev.metric, {"name": ev.name, "metric": ev.metric, "eval_seconds": ev.eval_seconds,

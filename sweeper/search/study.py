@@ -40,7 +40,10 @@ class SweepStudy:
         self.name = name
         self.study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                          direction="maximize")
-        choices = tuple(dict.fromkeys([FP32.name, *(p.name for p in precisions)]))
+        # one fixed choice set for every study (Optuna requires the same choices across trials)
+        bits = (2, 4, 8, 16, 32)
+        every = [FP32.name, "fp16", *(f"w{w}a{a}" for w in bits for a in bits if (w, a) != (32, 32))]
+        choices = tuple(dict.fromkeys([*every, *(p.name for p in precisions)]))
         self.distributions = {g: optuna.distributions.CategoricalDistribution(choices) for g in groups}
 
     def completed(self) -> dict[str, dict[str, Any]]:

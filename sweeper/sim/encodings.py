@@ -77,14 +77,14 @@ class EncodingTable:
     # -- per profile ----------------------------------------------------------------------------
     def act_encoding(self, tensor: str, prec: Precision) -> Encoding | None:
         """The encoding the activation gets under ``prec`` (None: stays float32)."""
-        if prec.is_fp32 or self.always_float(tensor):
+        if prec.acts_float or self.always_float(tensor):
             return None
         if prec.is_fp16:
             return float16_encoding()
         return self.activation(tensor, prec.act_bits)
 
     def weight_encoding(self, name: str, prec: Precision) -> Encoding | None:
-        if prec.is_fp32:
+        if prec.weights_float:
             return None
         if prec.is_fp16:
             return float16_encoding()
@@ -97,7 +97,7 @@ class EncodingTable:
         if isinstance(prec, Profile):
             prec = prec[self.group_of[weight]]
         wq = self.graph.weight_quantizers[weight]
-        if wq.bias is None or prec.is_float:
+        if wq.bias is None or prec.is_float or prec.weights_float:
             return None
         node = self.graph.node_by_name[wq.op]
         ins = self.graph.input_quantizers(node)

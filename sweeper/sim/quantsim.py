@@ -56,6 +56,42 @@ class _Layer:
         return f"{self.weight}::is_"
 
 
+def find_layers(g: ModelGraph) -> dict[str, _Layer]:
+    """Weight ops simulated as If branches, each with the Relu/Clip/MaxPool chain fused after it."""
+    fq_locations = {g.sim_location[t] for t in g.activations}
+    outputs = set(g.output_names)
+    layers: dict[str, _Layer] = {}
+    for w, wq in g.weight_quantizers.items():
+        node = g.node_by_name[wq.op]
+        if node.op_type not in BRANCHED_OPS or node.input[1] != w:
+            continue
+        chain = [node]
+        out = node.output[0]
+        while out not in fq_locations and out not in outputs:
+            cons = g.consumers.get(out, [])
+            if len(cons) != 1 or cons[0].op_type not in CHAIN_OPS or cons[0].input[0] != out:
+                break
+            if any(i and i in g.dynamic and i != out for i in cons[0].input):
+                break
+            chain.append(cons[0])
+            out = cons[0].output[0]
+        layers[w] = _Layer(weight=w, nodes=chain, output=out)
+    return layers
+
+
+def probe_tensor(g: ModelGraph, group: str) -> str:
+    """The tensor that stands for a group's layer output in the simulation graph (the end of its fused
+    chain, before the next fake-quant)."""
+    grp = next(x for x in g.groups if x.name == group)
+    if not grp.ops:
+        return grp.activations[0]
+    last = g.node_by_name[grp.ops[-1]]
+    for layer in find_layers(g).values():
+        if any(n.name == last.name for n in layer.nodes):
+            return layer.output
+    return last.output[0]
+
+
 class QuantSim:
     """The simulation model of ``graph`` with the encodings of ``table``.
 
@@ -64,7 +100,7 @@ class QuantSim:
     """
 
     def __init__(self, graph: ModelGraph, table: EncodingTable, threads: int = 1,
-                 precisions: Iterable[Precision | str] | None = None) -> None:
+                 precisions: Iterable[Precision | str] | None = None, extra_outputs: Iterable[str] = ()) -> None:
         self.graph = graph
         self.table = table
         self.threads = threads
@@ -77,7 +113,8 @@ class QuantSim:
         self.precisions: list[Precision] = list(dict.fromkeys([FP32, *precs]))
         self._act_cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self._weight_cache: dict[tuple[str, str], np.ndarray] = {}
-        self.layers = self._find_layers()
+        self.extra_outputs = list(extra_outputs)
+        self.layers = find_layers(graph)
         self.model = self._build()
         self.session = self._session()
         self.input_names = graph.input_names
@@ -85,28 +122,6 @@ class QuantSim:
         self.profile: Profile | None = None
 
     # -- building ---------------------------------------------------------------------------------
-    def _find_layers(self) -> dict[str, _Layer]:
-        g = self.graph
-        fq_locations = {g.sim_location[t] for t in g.activations}
-        outputs = set(g.output_names)
-        layers: dict[str, _Layer] = {}
-        for w, wq in g.weight_quantizers.items():
-            node = g.node_by_name[wq.op]
-            if node.op_type not in BRANCHED_OPS or node.input[1] != w:
-                continue
-            chain = [node]
-            out = node.output[0]
-            while out not in fq_locations and out not in outputs:
-                cons = g.consumers.get(out, [])
-                if len(cons) != 1 or cons[0].op_type not in CHAIN_OPS or cons[0].input[0] != out:
-                    break
-                if any(i and i in g.dynamic and i != out for i in cons[0].input):
-                    break
-                chain.append(cons[0])
-                out = cons[0].output[0]
-            layers[w] = _Layer(weight=w, nodes=chain, output=out)
-        return layers
-
     def _build(self) -> onnx.ModelProto:
         g = self.graph
         src = g.model
@@ -165,7 +180,12 @@ class QuantSim:
             emit(node, nodes)
             for o in n.output:
                 nodes.extend(fq_nodes_after.get(o, []))
-        graph = helper.make_graph(nodes, src.graph.name + "_sim", new_inputs, list(src.graph.output), inits)
+        graph_outputs = list(src.graph.output)
+        known = {o.name for o in graph_outputs}
+        for t in self.extra_outputs:  # probes (e.g. per-layer SQNR): raw values, before any fake-quant
+            if t not in known:
+                graph_outputs.append(helper.make_empty_tensor_value_info(t))
+        graph = helper.make_graph(nodes, src.graph.name + "_sim", new_inputs, graph_outputs, inits)
         opsets = list(src.opset_import)
         if self._q16_domain == MS_DOMAIN and not any(o.domain == MS_DOMAIN for o in opsets):
             opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
@@ -351,6 +371,11 @@ class QuantSim:
         all_feeds = dict(self.bound)
         all_feeds.update(feeds)
         return self.session.run(None, all_feeds)
+
+    def run_named(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Like :meth:`run`, keyed by output name (graph outputs and probes)."""
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.run(feeds), strict=True))
 
     def runner(self) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
         return self.run

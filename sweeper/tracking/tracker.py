@@ -32,7 +32,6 @@ class Tracker:
             logging.getLogger(name).setLevel(logging.ERROR)
         self._mlflow = mlflow
         self.uri = resolve_uri(uri)
-        mlflow.set_tracking_uri(self.uri)
         client = mlflow.MlflowClient(self.uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:

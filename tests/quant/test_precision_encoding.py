@@ -20,10 +20,17 @@ def test_parse_precision(name: str, w: int, a: int, flt: bool) -> None:
     assert Precision.parse(p.name) == p
 
 
-@pytest.mark.parametrize("bad", ["w8", "w3a8", "int8", "w8a32", ""])
+@pytest.mark.parametrize("bad", ["w8", "w3a8", "int8", "w8a64", ""])
 def test_parse_precision_rejects(bad: str) -> None:
     with pytest.raises(ValueError, match="expected wXaY"):
         Precision.parse(bad)
+
+
+def test_partial_float_precisions_for_analysis() -> None:
+    w8a8 = Precision.parse("w8a8")
+    assert w8a8.weights_only().name == "w8a32" and w8a8.weights_only().acts_float
+    assert w8a8.activations_only().name == "w32a8" and w8a8.activations_only().weights_float
+    assert Precision.parse("w32a32").is_fp32 and Precision.parse("w8a32").weights_only().name == "w8a32"
 
 
 def test_profile_key_is_stable_and_order_free() -> None:
