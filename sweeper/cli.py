@@ -135,6 +135,62 @@ def cmd_litemp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_amp(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sweeper.search.amp import ALGORITHMS, COSTS, OBJECTIVES, run_amp
+
+    for flag, value, allowed in [("--algorithm", args.algorithm, ALGORITHMS), ("--cost", args.cost, COSTS),
+                                 ("--objective", args.objective, OBJECTIVES)]:
+        if value not in allowed:
+            raise SweeperError(flag, f"found {value!r}: expected one of {', '.join(allowed)}")
+    if args.trials < 1:
+        raise SweeperError("--trials", f"found {args.trials}: expected a whole number >= 1")
+    candidates = None
+    if args.candidates:
+        candidates = [_precision(c.strip(), "--candidates") for c in args.candidates.split(",") if c.strip()]
+        if len(candidates) < 2:
+            raise SweeperError("--candidates", "expected at least two precisions, e.g. w4a8,w8a8,fp16")
+    if args.max_drop is not None and args.max_drop < 0:
+        raise SweeperError("--max-drop", f"found {args.max_drop}: expected a number >= 0")
+    ws = _workspace(args)
+    if candidates is not None:
+        ws.exp = dataclasses.replace(ws.exp, candidates=tuple(candidates))
+    if args.max_drop is not None:
+        ws.exp = dataclasses.replace(ws.exp, max_drop=args.max_drop)
+    tracker = _tracker(ws, args)
+    pool = ws.pool(address=args.address)
+    try:
+        rep = run_amp(ws, pool, tracker, candidates=list(ws.exp.candidates), algorithm=args.algorithm,
+                      cost=args.cost, objective=args.objective, trials=args.trials, timeout=args.timeout,
+                      fresh=args.fresh)
+    finally:
+        pool.close()
+        ws.close()
+    d = rep.doc
+    print(f"\nStep 3 - AMP ({d['algorithm']}, cost {d['cost']}): {ws.exp.name}, candidates "
+          f"{', '.join(d['candidates'])}, FP32 {d['fp32_metric']:.4f}, max drop {d['max_drop']}")
+    print(f"{d['evaluations']} profiles evaluated in {d['search_seconds']:.1f}s")
+    print(f"\nPareto front ({len(d['pareto_front'])} profiles):")
+    print(f"  {'cost':>8} {ws.exp.metric:>10} {'est ms':>9} {'measured ms':>11}  profile")
+    for f in d["pareto_front"]:
+        meas = f"{f['measured_latency_ms']:.3f}" if f["measured_latency_ms"] is not None else "-"
+        print(f"  {f['cost']:>8.3f} {f['metric']:>10.4f} {f['est_latency_ms']:>9.4f} {meas:>11}  {f['profile']}")
+    a = d["accepted"]
+    if a:
+        print(f"\naccepted: {a['profile']}  {ws.exp.metric} {a['metric']:.4f} (drop {a['drop']:+.4f}), cost "
+              f"{a['cost']:.3f}, BOPs {a['bops_ratio']:.2f}x w8a8, est {a['est_latency_ms']:.4f} ms, measured "
+              f"{a['measured_latency_ms']:.3f} ms" if a["measured_latency_ms"] is not None else "")
+        print(f"cheapest passing uniform candidate: {d['cheapest_passing_uniform']}")
+        print(f"exported: {a['onnx']}")
+    else:
+        print("\nno evaluated profile meets the target")
+    if d["latency_rank_correlation"] is not None:
+        print(f"rank correlation of estimated vs measured latency over the front: {d['latency_rank_correlation']:.2f}")
+    print(f"results: {rep.output / 'results.json'}  plot: {rep.output / 'pareto.png'}")
+    return 0
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     from sweeper.search.batch import experiment_files, format_summary, log_summary, run_batch, write_summary
 
@@ -224,6 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--k", default="0,5,10,15,20,30,50", help="percentages of groups to flip, tried in order")
     sp.add_argument("--rank", default="enable_one", help="ranking: enable_one (default), disable_one, sqnr")
     sp.set_defaults(func=cmd_litemp)
+    sp = sub.add_parser("amp", help="Step 3: automatic mixed precision (greedy, Optuna, or both)")
+    common(sp)
+    sp.add_argument("--algorithm", default="greedy", help="greedy (default), optuna, greedy+optuna")
+    sp.add_argument("--candidates", help="comma-separated precisions (default: the experiment's candidates)")
+    sp.add_argument("--max-drop", type=float, help="allowed drop (default: the experiment's target.max_drop)")
+    sp.add_argument("--cost", default="bops", help="bops (default), bytes, latency (the CostModel's estimate)")
+    sp.add_argument("--objective", default="multi",
+                    help="Optuna: multi (NSGA-II on metric and cost, default) or constrained (TPE on cost)")
+    sp.add_argument("--trials", type=int, default=100, help="Optuna trial budget (default 100)")
+    sp.add_argument("--timeout", type=float, default=None, help="Optuna time budget in seconds")
+    sp.set_defaults(func=cmd_amp)
     sp = sub.add_parser("batch", help="Step 1 on many models (a folder of experiment files, or a list)")
     sp.add_argument("experiments", nargs="+", help="experiment YAML files or folders of them")
     sp.add_argument("--output", help="output root (each experiment writes OUTPUT/<name>)")

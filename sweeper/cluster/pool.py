@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -109,6 +109,9 @@ class WorkerPool(Protocol):
 
     def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]: ...
 
+    def map_dynamic(self, method: str, next_call: Callable[[], tuple[Any, tuple[Any, ...]] | None]
+                    ) -> Iterator[tuple[Any, Any]]: ...
+
     def close(self) -> None: ...
 
 
@@ -122,6 +125,12 @@ class InProcessPool:
     def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
         for i, args in enumerate(calls):
             yield i, getattr(self.worker, method)(*args)
+
+    def map_dynamic(self, method: str, next_call: Callable[[], tuple[Any, tuple[Any, ...]] | None]
+                    ) -> Iterator[tuple[Any, Any]]:
+        while (call := next_call()) is not None:
+            tag, args = call
+            yield tag, getattr(self.worker, method)(*args)
 
     def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
         for _, out in self.map_calls("evaluate", [(p.to_json(),) for p in profiles]):
@@ -210,20 +219,38 @@ class RayPool:
 
     def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
         """Call ``method(*args)`` on the workers for every args tuple; yield (index, result) as they finish."""
+        it = iter(enumerate(calls))
+        return self.map_dynamic(method, lambda: next(it, None))
+
+    def map_dynamic(self, method: str, next_call: Callable[[], tuple[Any, tuple[Any, ...]] | None]
+                    ) -> Iterator[tuple[Any, Any]]:
+        """Whenever a worker is idle, ask ``next_call()`` for ``(tag, args)`` (None: nothing more for now) and
+        run ``method(*args)`` on it; yield ``(tag, result)`` as calls finish. Asynchronous ask/tell searches
+        use this to keep every worker busy."""
         ray = self._ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-        pending = list(range(len(calls)))
+        retry: list[tuple[Any, tuple[Any, ...]]] = []
         idle = list(self.actors)
-        running: dict[Any, tuple[Any, int]] = {}
-        while pending or running:
-            while pending and idle:
+        running: dict[Any, tuple[Any, Any, tuple[Any, ...]]] = {}
+        exhausted = False
+        while True:
+            while idle and (retry or not exhausted):
+                call = retry.pop(0) if retry else next_call()
+                if call is None:
+                    exhausted = True
+                    break
                 actor = idle.pop()
-                i = pending.pop(0)
-                running[getattr(actor, method).remote(*calls[i])] = (actor, i)
+                tag, args = call
+                running[getattr(actor, method).remote(*args)] = (actor, tag, args)
+            if not running:
+                if exhausted and not retry:
+                    return
+                exhausted = False  # the producer may have more now (e.g. after a result was told)
+                continue
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
-                actor, i = running.pop(ref)
+                actor, tag, args = running.pop(ref)
                 try:
                     out = ray.get(ref)
                 except (RayActorError, ActorDiedError, ActorUnavailableError):
@@ -231,11 +258,12 @@ class RayPool:
                     replacement = self._new_actor()
                     self.actors = [replacement if a is actor else a for a in self.actors]
                     self.replaced += 1
-                    pending.insert(0, i)
+                    retry.append((tag, args))
                     idle.append(replacement)
                     continue
                 idle.append(actor)
-                yield i, out
+                exhausted = False
+                yield tag, out
 
     def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
         for _, out in self.map_calls("evaluate", [(p.to_json(),) for p in profiles]):
@@ -286,6 +314,10 @@ class LazyPool:
         if not calls:
             return iter(())
         return self.started().map_calls(method, calls)
+
+    def map_dynamic(self, method: str, next_call: Callable[[], tuple[Any, tuple[Any, ...]] | None]
+                    ) -> Iterator[tuple[Any, Any]]:
+        return self.started().map_dynamic(method, next_call)
 
     def close(self) -> None:
         if self.pool is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -130,22 +130,27 @@ class Sweep:
     # -- many profiles ----------------------------------------------------------------------------
     def evaluate(self, pool: WorkerPool, profiles: dict[str, Profile]) -> dict[str, Evaluated]:
         """Evaluate named profiles (those the study already has are taken from it)."""
-        by_key = {p.key: name for name, p in profiles.items()}
-        todo = [p for p in profiles.values() if p.key not in self.done]
+        by_key: dict[str, list[str]] = {}
+        for name, p in profiles.items():
+            by_key.setdefault(p.key, []).append(name)
+        unique = {p.key: p for p in profiles.values()}
+        todo = [p for k, p in unique.items() if k not in self.done]
         futures: list[Future[Evaluated]] = []
-        bar = progress(len(profiles), self.step, initial=len(profiles) - len(todo))
+        bar = progress(len(unique), self.step, initial=len(unique) - len(todo))
         best: float | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-log") as logger:
             try:
-                for name, p in profiles.items():
-                    if p.key in self.done:
-                        rec = self.done[p.key]
-                        ev = self._evaluated(name, p, float(rec["metric"]), float(rec["eval_seconds"]), True)
-                        futures.append(logger.submit(self._finish, ev, p, None))
+                for key, p in unique.items():
+                    if key in self.done:
+                        rec = self.done[key]
+                        for name in by_key[key]:
+                            ev = self._evaluated(name, p, float(rec["metric"]), float(rec["eval_seconds"]), True)
+                            futures.append(logger.submit(self._finish, ev, p, None))
                 for res in self._results(pool, todo):
-                    name = by_key[res.profile.key]
-                    ev = self._evaluated(name, res.profile, res.metric, res.eval_seconds, False)
-                    futures.append(logger.submit(self._finish, ev, res.profile, res))
+                    self.done[res.profile.key] = {"metric": res.metric, "eval_seconds": res.eval_seconds}
+                    for i, name in enumerate(by_key[res.profile.key]):
+                        ev = self._evaluated(name, res.profile, res.metric, res.eval_seconds, i > 0)
+                        futures.append(logger.submit(self._finish, ev, res.profile, res if i == 0 else None))
                     best = ev.metric if best is None else max(best, ev.metric)
                     bar.set_postfix(best=f"{best:.4f}")
                     bar.update(1)
@@ -158,7 +163,74 @@ class Sweep:
             for f in futures:
                 ev = f.result()
                 self.results[ev.name] = ev
-        return dict(self.results)
+        return {name: self.results[name] for name in profiles}
+
+    def stream(self, pool: WorkerPool, next_profile: Callable[[], tuple[str, Profile] | None],
+               total: int | None = None) -> Iterator[tuple[Evaluated, Profile]]:
+        """Evaluate profiles as a search proposes them: whenever a worker is idle, ``next_profile()`` is
+        asked for ``(name, profile)`` (None: nothing more for now); results are yielded as they complete,
+        so an ask/tell search keeps every worker busy. Profiles the study already has are not evaluated."""
+        ready: list[tuple[Evaluated, Profile]] = []
+
+        def next_call() -> tuple[Any, tuple[Any, ...]] | None:
+            while (item := next_profile()) is not None:
+                name, p = item
+                if p.key in self.done:
+                    rec = self.done[p.key]
+                    ev = self._evaluated(name, p, float(rec["metric"]), float(rec["eval_seconds"]), True)
+                    self._futures.append(self._logger.submit(self._finish, ev, p, None))
+                    ready.append((ev, p))
+                    continue
+                return (name, p), (p.to_json(),)
+            return None
+
+        bar = progress(total or 0, self.step) if total else None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-log") as self._logger:
+            self._futures: list[Future[Evaluated]] = []
+            try:
+                while True:
+                    produced = False
+                    for (name, p), out in pool.map_dynamic("evaluate", next_call):
+                        produced = True
+                        while ready:
+                            yield ready.pop(0)
+                        _, metric, secs, worker, node = out
+                        self.done[p.key] = {"metric": metric, "eval_seconds": secs}
+                        ev = self._evaluated(name, p, metric, secs, False)
+                        res = Result(p, metric, secs, worker, node)
+                        self._futures.append(self._logger.submit(self._finish, ev, p, res))
+                        if bar is not None:
+                            bar.update(1)
+                        yield ev, p
+                    if ready:
+                        produced = True
+                        while ready:
+                            yield ready.pop(0)
+                    if not produced:
+                        break
+            except BaseException:
+                for f in self._futures:
+                    f.cancel()
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+            for f in self._futures:
+                ev = f.result()
+                self.results[ev.name] = ev
+
+    def export_profiles(self, named: dict[str, Profile]) -> dict[str, tuple[Path, Path]]:
+        """Export chosen profiles (QDQ + encodings) into the output folder and attach them to their MLflow
+        child runs (for sweeps that do not export every profile)."""
+        ws = self.ws
+        out: dict[str, tuple[Path, Path]] = {}
+        for name, profile in named.items():
+            onnx_path, enc_path = self.out_dir / f"{name}.onnx", self.out_dir / f"{name}.encodings"
+            save_export(export_qdq(ws.graph, ws.table, profile), ws.table.to_aimet(profile), onnx_path, enc_path)
+            out[name] = (onnx_path, enc_path)
+            if self.tracker is not None:
+                self.tracker.attach(profile.key, [onnx_path, enc_path])
+        return out
 
     @staticmethod
     def _results(pool: WorkerPool, todo: list[Profile]) -> Iterator[Result]:

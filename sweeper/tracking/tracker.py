@@ -108,6 +108,14 @@ class Tracker:
             self.logged[key] = rid
         return rid
 
+    def attach(self, profile_key: str, paths: list[Path]) -> None:
+        """Add artifacts (an export chosen after the sweep) to the child run of a profile."""
+        rid = self.logged.get(profile_key)
+        if rid is None:
+            return
+        for p in paths:
+            self.client.log_artifact(rid, str(p), artifact_path="export")
+
     def end_step(self, metrics: Mapping[str, float] | None = None, artifacts: list[Path] | None = None) -> None:
         if not self.parent_id:
             return

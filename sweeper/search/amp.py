@@ -1,0 +1,414 @@
+"""Step 3: automatic mixed precision (AMP).
+
+* ``greedy``: the semantics of AIMET's ``choose_mixed_precision``. Phase 1 evaluates, for every quantizer
+  group and every candidate other than the baseline (the costliest candidate), the metric with only that
+  group at that candidate. Phase 2 orders the (group, candidate) pairs by sensitivity (then by cost saved),
+  builds the Pareto list by lowering groups in that order, and searches it for the lowest-cost entry that
+  meets ``FP32 - max_drop``, evaluating entries lazily (a parallel k-ary search: one probe per worker).
+* ``optuna``: one categorical parameter per group; NSGA-II on (metric, cost) or TPE on cost with the
+  accuracy threshold as a constraint; seeded with the greedy Pareto points; asynchronous ask/tell over the
+  worker pool; budget by trials and/or time; resumable from its storage.
+
+Uniform candidates are always evaluated too, so the answer is never costlier than the cheapest uniform
+candidate that passes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sweeper.cost.bops import profile_cost
+from sweeper.pipeline import StagedOutput, Workspace
+from sweeper.quant.precision import Precision
+from sweeper.quant.profile import Profile
+from sweeper.search.evaluate import Evaluated, Sweep, write_json
+from sweeper.tracking.tracker import Tracker
+
+ALGORITHMS = ("greedy", "optuna", "greedy+optuna")
+COSTS = ("bops", "bytes", "latency")
+OBJECTIVES = ("multi", "constrained")
+
+
+def cost_function(ws: Workspace, kind: str) -> Callable[[Profile], float]:
+    """Relative cost of a profile (lower is cheaper)."""
+    if kind == "bops":
+        return lambda p: profile_cost(ws.graph, p).bops_ratio
+    if kind == "bytes":  # model size + activation traffic, per sample
+        model = ws.cost_model
+
+        def nbytes(p: Profile) -> float:
+            return sum(r["weight_bytes"] + r["activation_bytes"] for r in model.per_layer(p)) / 1e6
+        return nbytes
+    if kind == "latency":
+        return ws.cost_model.latency_ms
+    raise ValueError(f"unknown cost {kind!r}: expected one of {', '.join(COSTS)}")
+
+
+def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
+    """Non-dominated (metric up, cost down) points, by increasing cost."""
+    front: list[tuple[float, float, Any]] = []
+    best = -math.inf
+    for metric, cost, item in sorted(points, key=lambda t: (t[1], -t[0])):
+        if metric > best:
+            front.append((metric, cost, item))
+            best = metric
+    return front
+
+
+@dataclass
+class AMPState:
+    """Everything evaluated so far, shared by the algorithms."""
+
+    evaluated: dict[str, tuple[Profile, Evaluated]] = field(default_factory=dict)
+
+    def add(self, ev: Evaluated, profile: Profile) -> None:
+        self.evaluated[profile.key] = (profile, ev)
+
+    def metric(self, profile: Profile) -> float | None:
+        got = self.evaluated.get(profile.key)
+        return None if got is None else got[1].metric
+
+
+class GreedyAMP:
+    """AIMET's two-phase greedy search (see the module docstring)."""
+
+    def __init__(self, ws: Workspace, candidates: list[Precision], cost: Callable[[Profile], float],
+                 workers: int) -> None:
+        self.ws = ws
+        self.groups = [g.name for g in ws.graph.groups]
+        self.candidates = candidates
+        self.baseline = max(candidates, key=lambda p: (p.bops_factor, p.is_float))
+        self.cost = cost
+        self.workers = max(1, workers)
+        self.base_profile = Profile.uniform(self.groups, self.baseline)
+        self.pareto_list: list[Profile] = []
+        self.ordered_pairs: list[tuple[str, str, float]] = []
+
+    def phase1(self) -> dict[str, Profile]:
+        out = {f"uniform:{c.name}": Profile.uniform(self.groups, c) for c in self.candidates}
+        for g in self.groups:
+            for c in self.candidates:
+                if c != self.baseline:
+                    out[f"p1:{c.name}:{g}"] = self.base_profile.with_groups({g: c})
+        return out
+
+    def build_pareto_list(self, state: AMPState) -> list[Profile]:
+        higher = self.ws.exp.higher_is_better
+        base_cost = self.cost(self.base_profile)
+        pairs = []
+        for g in self.groups:
+            for c in self.candidates:
+                if c == self.baseline:
+                    continue
+                m = state.metric(self.base_profile.with_groups({g: c}))
+                assert m is not None
+                saved = base_cost - self.cost(self.base_profile.with_groups({g: c}))
+                pairs.append((g, c, m if higher else -m, saved))
+        pairs.sort(key=lambda t: (-t[2], -t[3], t[0], t[1].name))
+        current = self.base_profile
+        plist = [current]
+        for g, c, _m, _ in pairs:
+            if self.cost(current.with_groups({g: c})) < self.cost(current):
+                current = current.with_groups({g: c})
+                plist.append(current)
+        self.ordered_pairs = [(g, c.name, m if higher else -m) for g, c, m, _ in pairs]
+        self.pareto_list = plist
+        return plist
+
+    def search(self, sweep: Sweep, pool, state: AMPState, threshold_ok: Callable[[float], bool]  # noqa: ANN001
+               ) -> Profile | None:
+        """Lowest-cost entry of the Pareto list that passes, by a parallel k-ary search over its index."""
+        plist = self.pareto_list
+        lo, hi = 0, len(plist)  # plist[lo] passes (checked below), plist[hi:] is known to fail
+        first = state.metric(plist[0])
+        if first is None or not threshold_ok(first):
+            return None
+        while hi - lo > 1:
+            span = hi - lo - 1
+            k = min(self.workers, span)
+            probes = sorted({lo + max(1, round((i + 1) * (span + 1) / (k + 1))) for i in range(k)})
+            probes = [i for i in probes if lo < i < hi]
+            todo = {f"p2:{i}": plist[i] for i in probes if state.metric(plist[i]) is None}
+            if todo:
+                for name, ev in sweep.evaluate(pool, todo).items():
+                    state.add(ev, todo[name])
+            for i in probes:
+                m = state.metric(plist[i])
+                assert m is not None
+                if threshold_ok(m):
+                    lo = max(lo, i)
+                else:
+                    hi = min(hi, i)
+                    break
+        return plist[lo]
+
+
+class OptunaAMP:
+    """Optuna search over per-group precisions with asynchronous ask/tell (see the module docstring)."""
+
+    def __init__(self, ws: Workspace, candidates: list[Precision], cost: Callable[[Profile], float],
+                 storage: str, name: str, objective: str, seed: int = 0, fresh: bool = False) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.optuna = optuna
+        self.ws = ws
+        self.groups = [g.name for g in ws.graph.groups]
+        self.cost = cost
+        self.objective = objective
+        self.dist = optuna.distributions.CategoricalDistribution(tuple(c.name for c in candidates))
+        if fresh:
+            try:
+                optuna.delete_study(study_name=name, storage=storage)
+            except KeyError:
+                pass
+        threshold = ws.fp32_metric - ws.exp.max_drop if ws.exp.higher_is_better else ws.fp32_metric + ws.exp.max_drop
+        self.threshold = threshold
+        if objective == "multi":
+            sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, 2 * len(self.groups))))
+            self.study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                             directions=["maximize" if ws.exp.higher_is_better else "minimize",
+                                                         "minimize"], sampler=sampler)
+        elif objective == "constrained":
+            sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=lambda t: [t.user_attrs.get("violation", 0.0)],
+                                                 multivariate=True, group=False)
+            self.study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                             direction="minimize", sampler=sampler)
+        else:
+            raise ValueError(f"unknown objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # interrupted earlier
+            self.study.tell(t.number, state=TrialState.FAIL)
+        self.running: dict[str, list[Any]] = {}
+
+    def done_trials(self) -> int:
+        from optuna.trial import TrialState
+
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    def seed_with(self, profiles: list[Profile]) -> None:
+        if self.study.trials:
+            return  # resumed: already seeded
+        for p in profiles:
+            self.study.enqueue_trial({g: p[g].name for g in self.groups})
+
+    def ask(self) -> tuple[str, Profile]:
+        trial = self.study.ask({g: self.dist for g in self.groups})
+        profile = Profile.make({g: trial.params[g] for g in self.groups})
+        self.running.setdefault(profile.key, []).append(trial)
+        return f"optuna:{trial.number}", profile
+
+    def tell(self, profile: Profile, metric: float) -> None:
+        from optuna.trial import TrialState
+
+        for trial in self.running.pop(profile.key, []):
+            cost = self.cost(profile)
+            if self.objective == "multi":
+                self.study.tell(trial, [metric, cost])
+            else:
+                ok = metric >= self.threshold if self.ws.exp.higher_is_better else metric <= self.threshold
+                violation = 0.0 if ok else abs(self.threshold - metric)
+                trial.set_user_attr("violation", violation)
+                self.study.tell(trial, cost, state=TrialState.COMPLETE)
+
+
+def measure_latency_ms(onnx_path: Path, feeds: dict[str, np.ndarray], repeats: int = 15) -> float:
+    """Median ONNX Runtime CPU latency of one run on ``feeds`` (1 thread, default optimizations)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    sess.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 3:
+        return None
+    ra = np.argsort(np.argsort(a)).astype(float)
+    rb = np.argsort(np.argsort(b)).astype(float)
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@dataclass
+class AMPReport:
+    doc: dict[str, Any]
+    output: Path
+
+
+def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Precision],  # noqa: ANN001, C901
+            algorithm: str = "greedy", cost: str = "bops", objective: str = "multi", trials: int = 100,
+            timeout: float | None = None, fresh: bool = False, measure: bool = True) -> AMPReport:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
+    exp = ws.exp
+    cost_of = cost_function(ws, cost)
+    higher = exp.higher_is_better
+
+    def ok(m: float) -> bool:
+        return ws.drop(m) <= exp.max_drop
+
+    out = StagedOutput(exp.output, "amp")
+    state = AMPState()
+    t_start = time.perf_counter()
+    try:
+        sweep = Sweep(ws, "amp", algorithm, out.path, tracker, fresh=fresh, export=False,
+                      params={"algorithm": algorithm, "cost": cost, "objective": objective, "trials": trials,
+                              "amp_candidates": ",".join(c.name for c in candidates)})
+        greedy_doc: dict[str, Any] | None = None
+        greedy = GreedyAMP(ws, candidates, cost_of, pool.size)
+        if algorithm in ("greedy", "greedy+optuna"):
+            p1 = greedy.phase1()
+            for name, ev in sweep.evaluate(pool, p1).items():
+                state.add(ev, p1[name])
+            greedy.build_pareto_list(state)
+            accepted_greedy = greedy.search(sweep, pool, state, ok)
+            greedy_doc = {
+                "baseline": greedy.baseline.name,
+                "phase1_evaluations": len(p1),
+                "pareto_list": [{"index": i, "cost": cost_of(p), "metric": state.metric(p), "profile": p.label()}
+                                for i, p in enumerate(greedy.pareto_list)],
+                "accepted": accepted_greedy.label() if accepted_greedy else None,
+            }
+        else:
+            uniform = {f"uniform:{c.name}": Profile.uniform(greedy.groups, c) for c in candidates}
+            for name, ev in sweep.evaluate(pool, uniform).items():
+                state.add(ev, uniform[name])
+        optuna_doc: dict[str, Any] | None = None
+        if algorithm in ("optuna", "greedy+optuna"):
+            from sweeper.search.evaluate import default_storage
+            from sweeper.search.study import study_name
+
+            name = study_name(exp.name, f"amp-optuna-{objective}-{cost}",
+                              {"candidates": [c.name for c in candidates], "model": str(exp.model),
+                               "data": str(exp.data), "calibration": str(exp.calibration)})
+            search = OptunaAMP(ws, candidates, cost_of, default_storage(ws), name, objective, fresh=fresh)
+            seeds = [p for p in greedy.pareto_list] or [Profile.uniform(greedy.groups, c) for c in candidates]
+            search.seed_with(seeds)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            asked = search.done_trials()
+
+            def next_profile() -> tuple[str, Profile] | None:
+                nonlocal asked
+                if asked >= trials or (deadline is not None and time.monotonic() > deadline):
+                    return None
+                asked += 1
+                return search.ask()
+
+            for ev, profile in sweep.stream(pool, next_profile, total=trials):
+                state.add(ev, profile)
+                search.tell(profile, ev.metric)
+            optuna_doc = {"study": name, "storage": default_storage(ws), "objective": objective,
+                          "completed_trials": search.done_trials()}
+        search_seconds = time.perf_counter() - t_start
+
+        # the answer: the cheapest passing profile evaluated (greedy's pick, Optuna's, or a uniform one)
+        points = [(ev.metric if higher else -ev.metric, cost_of(p), (p, ev)) for p, ev in state.evaluated.values()]
+        passing = [(c, m, item) for m, c, item in points if ok(item[1].metric)]
+        accepted = min(passing, key=lambda t: (t[0], -t[1]))[2] if passing else None
+        front = pareto_front(points)
+        named = {}
+        if accepted is not None:
+            named["accepted"] = accepted[0]
+        for i, (_, _, (p, _)) in enumerate(front):
+            named.setdefault(f"front{i:02d}", p)
+        exports = sweep.export_profiles(named)
+        lat_feeds = {k: ws.eval_data[k][: exp.batch_size] for k in ws.graph.input_names}
+        measured = {n: measure_latency_ms(paths[0], lat_feeds) for n, paths in exports.items()} if measure else {}
+        front_doc = []
+        for i, (_, c, (p, ev)) in enumerate(front):
+            n = f"front{i:02d}"
+            front_doc.append({"name": ev.name, "metric": ev.metric, "drop": ev.drop, "cost": c,
+                              "bops_ratio": ev.bops_ratio, "est_latency_ms": ev.est_latency_ms,
+                              "measured_latency_ms": measured.get(n), "profile": p.label(),
+                              "onnx": str(out.final / exports[n][0].name) if n in exports else None})
+        corr = spearman([f["est_latency_ms"] for f in front_doc if f["measured_latency_ms"] is not None],
+                        [f["measured_latency_ms"] for f in front_doc if f["measured_latency_ms"] is not None])
+        accepted_doc = None
+        if accepted is not None:
+            p, ev = accepted
+            accepted_doc = {"name": ev.name, "metric": ev.metric, "drop": ev.drop, "cost": cost_of(p),
+                            "bops_ratio": ev.bops_ratio, "size_mb": ev.size_mb, "est_latency_ms": ev.est_latency_ms,
+                            "measured_latency_ms": measured.get("accepted"), "profile": p.label(),
+                            "mixed": len(set(p.to_json().values())) > 1, "assignment": p.to_json(),
+                            "onnx": str(out.final / "accepted.onnx"),
+                            "encodings": str(out.final / "accepted.encodings")}
+        uniform_passing = sorted((cost_of(p), ev.name) for p, ev in state.evaluated.values()
+                                 if ev.name.startswith("uniform:") and ok(ev.metric))
+        doc = {
+            "experiment": exp.name, "metric": exp.metric, "fp32_metric": ws.fp32_metric, "max_drop": exp.max_drop,
+            "algorithm": algorithm, "cost": cost, "candidates": [c.name for c in candidates],
+            "accepted": accepted_doc, "cheapest_passing_uniform": uniform_passing[0][1] if uniform_passing else None,
+            "evaluations": len(state.evaluated), "search_seconds": search_seconds,
+            "pareto_front": front_doc, "latency_rank_correlation": corr,
+            "greedy": greedy_doc, "optuna": optuna_doc,
+            "all": [{"name": ev.name, "metric": ev.metric, "cost": cost_of(p), "profile": p.label()}
+                    for p, ev in state.evaluated.values()],
+        }
+        write_json(out.path / "results.json", doc)
+        _plot(doc, out.path / "pareto.png", cost)
+        final = out.commit()
+        metrics = {"fp32_metric": ws.fp32_metric, "evaluations": float(len(state.evaluated)),
+                   "search_seconds": search_seconds}
+        if accepted_doc:
+            metrics.update({"accepted_metric": accepted_doc["metric"], "accepted_cost": accepted_doc["cost"]})
+            if accepted_doc["measured_latency_ms"] is not None:
+                metrics["accepted_measured_latency_ms"] = accepted_doc["measured_latency_ms"]
+        if corr is not None:
+            metrics["latency_rank_correlation"] = corr
+        sweep.finish(metrics, [final / "results.json", final / "pareto.png"])
+    except BaseException:
+        out.abort()
+        raise
+    return AMPReport(doc, final)
+
+
+def _plot(doc: dict[str, Any], path: Path, cost: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    pts = doc["all"]
+    ax.scatter([p["cost"] for p in pts], [p["metric"] for p in pts], s=12, color="#9aa7b8", label="evaluated")
+    if doc.get("greedy"):
+        gl = [(e["cost"], e["metric"]) for e in doc["greedy"]["pareto_list"] if e["metric"] is not None]
+        if gl:
+            ax.plot(*zip(*gl, strict=True), "o--", color="#c9822b", ms=4, lw=1, label="greedy Pareto list (evaluated)")
+    fr = doc["pareto_front"]
+    ax.plot([f["cost"] for f in fr], [f["metric"] for f in fr], "s-", color="#2b6cc9", ms=5, lw=1.5,
+            label="Pareto front")
+    thr = doc["fp32_metric"] - doc["max_drop"]
+    ax.axhline(thr, color="#c62828", ls=":", lw=1.2, label=f"target (FP32 - {doc['max_drop']})")
+    if doc["accepted"]:
+        a = doc["accepted"]
+        ax.scatter([a["cost"]], [a["metric"]], marker="*", s=220, color="#1b7a1b", zorder=5,
+                   label=f"accepted: {a['profile']}")
+    ax.set_xlabel({"bops": "BOPs relative to uniform w8a8", "bytes": "MB moved per sample",
+                   "latency": "estimated latency (ms)"}[cost])
+    ax.set_ylabel(doc["metric"])
+    ax.set_title(f"{doc['experiment']}: AMP ({doc['algorithm']}), {doc['evaluations']} evaluations")
+    lo = min([p["metric"] for p in pts] + [thr])
+    ax.set_ylim(max(lo, thr - 5 * max(doc["max_drop"], 1e-3)), None)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, facecolor="white")
