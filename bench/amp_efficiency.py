@@ -1,0 +1,67 @@
+"""AMP wall time / (number of evaluations x one FP32 evaluation / workers), on the example.
+Target (issue 5): <= 1.3.
+
+    .venv/bin/python bench/amp_efficiency.py [--algorithm greedy] [--workers 2]
+
+Timed around run_amp with the pool already started (Ray's start-up is a one-off per command), tracking to
+a fresh MLflow SQLite store; latency measurement of the exported front is switched off (it is not search).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from _common import mnist_workspace
+
+from sweeper.quant.precision import Precision
+from sweeper.search.amp import run_amp
+from sweeper.tracking.tracker import Tracker
+
+CANDIDATES = "w2a8,w4a4,w4a8,w8a8,w8a16,fp16"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--algorithm", default="greedy")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--trials", type=int, default=40)
+    args = ap.parse_args()
+    ws = mnist_workspace()
+    cands = tuple(Precision.parse(c) for c in CANDIDATES.split(","))
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        ws.evaluator.evaluate(ws.fp32_run, ws.eval_data, ws.reference)
+        times.append(time.perf_counter() - t0)
+    fp32 = statistics.median(times)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        ws.exp = dataclasses.replace(ws.exp, output=Path(tmp) / "out", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                                     candidates=cands)
+        pool = ws.pool("ray", args.workers)
+        try:
+            list(pool.map_calls("pid", [()] * args.workers))  # actors up
+            tracker = Tracker("bench-amp", ws.exp.tracking_uri)
+            t0 = time.perf_counter()
+            rep = run_amp(ws, pool, tracker, candidates=list(cands), algorithm=args.algorithm, trials=args.trials,
+                          measure=False)
+            wall = time.perf_counter() - t0
+        finally:
+            pool.close()
+    n = rep.doc["evaluations"]
+    ideal = n * fp32 / args.workers
+    print(f"mnist: AMP {args.algorithm}: {n} evaluations in {wall:.2f}s (search {rep.doc['search_seconds']:.2f}s); "
+          f"one FP32 evaluation {fp32 * 1e3:.0f} ms, {args.workers} workers -> wall / (evaluations x FP32 / workers) "
+          f"= {wall / ideal:.2f} (target <= 1.3); accepted {rep.doc['accepted']['profile']} at "
+          f"{rep.doc['accepted']['bops_ratio']:.2f}x w8a8 BOPs")
+    ws.close()
+
+
+if __name__ == "__main__":
+    main()
