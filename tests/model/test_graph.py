@@ -38,3 +38,19 @@ def test_attention_placement() -> None:
     # MatMul between two activations groups both of its input quantizers
     by = g.group_of()
     assert by["q"] == by["k"]
+
+
+def test_onnx_with_external_data_loads_and_prepares(tmp_path) -> None:  # noqa: ANN001
+    import onnx
+    from conftest import cnn_model
+
+    from sweeper.model.intake import load_onnx_file
+
+    path = tmp_path / "ext.onnx"
+    onnx.save(cnn_model(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.data", size_threshold=0)
+    assert (tmp_path / "ext.data").is_file()
+    model = load_onnx_file(path)
+    g = ModelGraph(prepare_model(model))
+    assert set(g.weight_quantizers) == {"w1", "w2", "w3"}
+    assert g.weight_array("w1").shape == (4, 1, 3, 3)
