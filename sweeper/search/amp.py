@@ -365,6 +365,7 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
         }
         write_json(out.path / "results.json", doc)
         _plot(doc, out.path / "pareto.png", cost)
+        sweep.flush()  # exports and records land in the staging folder before it moves
         final = out.commit()
         metrics = {"fp32_metric": ws.fp32_metric, "evaluations": float(len(state.evaluated)),
                    "search_seconds": search_seconds}

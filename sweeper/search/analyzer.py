@@ -127,6 +127,7 @@ def run_analyze(ws: Workspace, pool, tracker: Tracker | None, base: Precision,  
         }
         write_json(out.path / "sensitivity.json", doc)
         files = write_sensitivity_report(doc, out.path)
+        sweep.flush()  # exports and records land in the staging folder before it moves
         final = out.commit()
         sweep.finish({"fp32_metric": ws.fp32_metric, **{f"summary_{k}": v for k, v in summary.items()}},
                      [final / "sensitivity.json"] + [final / Path(p).name for p in files.values()])

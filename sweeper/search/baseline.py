@@ -64,6 +64,7 @@ def run_baseline(ws: Workspace, pool, tracker: Tracker | None, fresh: bool = Fal
             "results": [r.to_json() for r in rows],
         }
         write_json(out.path / "results.json", doc)
+        sweep.flush()  # exports and records land in the staging folder before it moves
         final = out.commit()
         sweep.finish({"fp32_metric": ws.fp32_metric}, [final / "results.json"])
     except BaseException:

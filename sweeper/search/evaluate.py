@@ -88,6 +88,8 @@ class Sweep:
             if parent != self.study.parent_run_id:
                 self.study.set_parent_run_id(parent)
         self.results: dict[str, Evaluated] = {}
+        self._logger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-log")
+        self._futures: list[Future[Evaluated]] = []
 
     # -- one profile ------------------------------------------------------------------------------
     def _evaluated(self, name: str, profile: Profile, metric: float, seconds: float, resumed: bool) -> Evaluated:
@@ -99,13 +101,12 @@ class Sweep:
                          est_latency_ms=ws.cost_model.latency_ms(profile), eval_seconds=seconds, resumed=resumed)
 
     def _finish(self, ev: Evaluated, profile: Profile, res: Result | None) -> Evaluated:
-        """Export, log and record one profile (background thread)."""
+        """Export, log and record one profile (on the background thread)."""
         ws = self.ws
         onnx_path, enc_path = self.out_dir / f"{ev.name}.onnx", self.out_dir / f"{ev.name}.encodings"
         if self.export:
             model = export_qdq(ws.graph, ws.table, profile)
             save_export(model, ws.table.to_aimet(profile), onnx_path, enc_path)
-            ev.onnx, ev.encodings = str(onnx_path), str(enc_path)
         if res is None:  # resumed: logged and recorded by the run that evaluated it
             return ev
         run_id = ""
@@ -127,42 +128,54 @@ class Sweep:
                                                "worker": res.worker, "node": res.node, "mlflow_run_id": run_id})
         return ev
 
+    def _submit(self, ev: Evaluated, profile: Profile, res: Result | None) -> Evaluated:
+        """Hand a result to the background thread; the caller goes on at once (workers never wait)."""
+        if self.export:
+            ev.onnx = str(self.out_dir / f"{ev.name}.onnx")
+            ev.encodings = str(self.out_dir / f"{ev.name}.encodings")
+        self.results[ev.name] = ev
+        self._futures.append(self._logger.submit(self._finish, ev, profile, res))
+        return ev
+
+    def _cached(self, name: str, profile: Profile) -> Evaluated:
+        rec = self.done[profile.key]
+        ev = self._evaluated(name, profile, float(rec["metric"]), float(rec["eval_seconds"]), True)
+        return self._submit(ev, profile, None)
+
+    def _fresh(self, name: str, res: Result) -> Evaluated:
+        self.done[res.profile.key] = {"metric": res.metric, "eval_seconds": res.eval_seconds}
+        ev = self._evaluated(name, res.profile, res.metric, res.eval_seconds, False)
+        return self._submit(ev, res.profile, res)
+
     # -- many profiles ----------------------------------------------------------------------------
     def evaluate(self, pool: WorkerPool, profiles: dict[str, Profile]) -> dict[str, Evaluated]:
-        """Evaluate named profiles (those the study already has are taken from it)."""
+        """Evaluate named profiles (those the study already has are taken from it). Returns as soon as the
+        metrics are in; export and logging finish in the background (see :meth:`flush`)."""
         by_key: dict[str, list[str]] = {}
         for name, p in profiles.items():
             by_key.setdefault(p.key, []).append(name)
         unique = {p.key: p for p in profiles.values()}
         todo = [p for k, p in unique.items() if k not in self.done]
-        futures: list[Future[Evaluated]] = []
         bar = progress(len(unique), self.step, initial=len(unique) - len(todo))
         best: float | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-log") as logger:
-            try:
-                for key, p in unique.items():
-                    if key in self.done:
-                        rec = self.done[key]
-                        for name in by_key[key]:
-                            ev = self._evaluated(name, p, float(rec["metric"]), float(rec["eval_seconds"]), True)
-                            futures.append(logger.submit(self._finish, ev, p, None))
-                for res in self._results(pool, todo):
-                    self.done[res.profile.key] = {"metric": res.metric, "eval_seconds": res.eval_seconds}
-                    for i, name in enumerate(by_key[res.profile.key]):
-                        ev = self._evaluated(name, res.profile, res.metric, res.eval_seconds, i > 0)
-                        futures.append(logger.submit(self._finish, ev, res.profile, res if i == 0 else None))
-                    best = ev.metric if best is None else max(best, ev.metric)
-                    bar.set_postfix(best=f"{best:.4f}")
-                    bar.update(1)
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-            finally:
-                bar.close()
-            for f in futures:
-                ev = f.result()
-                self.results[ev.name] = ev
+        try:
+            for key, p in unique.items():
+                if key in self.done:
+                    for name in by_key[key]:
+                        self._cached(name, p)
+            for res in self._results(pool, todo):
+                names = by_key[res.profile.key]
+                ev = self._fresh(names[0], res)
+                for name in names[1:]:
+                    self._cached(name, res.profile)
+                best = ev.metric if best is None else max(best, ev.metric)
+                bar.set_postfix(best=f"{best:.4f}")
+                bar.update(1)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            bar.close()
         return {name: self.results[name] for name in profiles}
 
     def stream(self, pool: WorkerPool, next_profile: Callable[[], tuple[str, Profile] | None],
@@ -176,53 +189,54 @@ class Sweep:
             while (item := next_profile()) is not None:
                 name, p = item
                 if p.key in self.done:
-                    rec = self.done[p.key]
-                    ev = self._evaluated(name, p, float(rec["metric"]), float(rec["eval_seconds"]), True)
-                    self._futures.append(self._logger.submit(self._finish, ev, p, None))
-                    ready.append((ev, p))
+                    ready.append((self._cached(name, p), p))
                     continue
                 return (name, p), (p.to_json(),)
             return None
 
         bar = progress(total or 0, self.step) if total else None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-log") as self._logger:
-            self._futures: list[Future[Evaluated]] = []
-            try:
-                while True:
-                    produced = False
-                    for (name, p), out in pool.map_dynamic("evaluate", next_call):
-                        produced = True
-                        while ready:
-                            yield ready.pop(0)
-                        _, metric, secs, worker, node = out
-                        self.done[p.key] = {"metric": metric, "eval_seconds": secs}
-                        ev = self._evaluated(name, p, metric, secs, False)
-                        res = Result(p, metric, secs, worker, node)
-                        self._futures.append(self._logger.submit(self._finish, ev, p, res))
-                        if bar is not None:
-                            bar.update(1)
-                        yield ev, p
-                    if ready:
-                        produced = True
-                        while ready:
-                            yield ready.pop(0)
-                    if not produced:
-                        break
-            except BaseException:
-                for f in self._futures:
-                    f.cancel()
-                raise
-            finally:
-                if bar is not None:
-                    bar.close()
-            for f in self._futures:
-                ev = f.result()
-                self.results[ev.name] = ev
+        try:
+            while True:
+                produced = False
+                for (name, p), out in pool.map_dynamic("evaluate", next_call):
+                    produced = True
+                    while ready:
+                        yield ready.pop(0)
+                    _, metric, secs, worker, node = out
+                    ev = self._fresh(name, Result(p, metric, secs, worker, node))
+                    if bar is not None:
+                        bar.update(1)
+                    yield ev, p
+                if ready:
+                    produced = True
+                    while ready:
+                        yield ready.pop(0)
+                if not produced:
+                    break
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def flush(self) -> None:
+        """Wait until every export, MLflow run and study record handed to the background is done."""
+        futures, self._futures = self._futures, []
+        for f in futures:
+            f.result()
+
+    def abort(self) -> None:
+        """Interrupted: drop what has not started; what is running finishes (storage stays consistent)."""
+        for f in self._futures:
+            f.cancel()
+        self._logger.shutdown(wait=True, cancel_futures=True)
 
     def export_profiles(self, named: dict[str, Profile]) -> dict[str, tuple[Path, Path]]:
         """Export chosen profiles (QDQ + encodings) into the output folder and attach them to their MLflow
         child runs (for sweeps that do not export every profile)."""
         ws = self.ws
+        self.flush()  # child runs must exist before artifacts are attached to them
         out: dict[str, tuple[Path, Path]] = {}
         for name, profile in named.items():
             onnx_path, enc_path = self.out_dir / f"{name}.onnx", self.out_dir / f"{name}.encodings"
@@ -238,6 +252,8 @@ class Sweep:
             yield from pool.map_unordered(todo)
 
     def finish(self, metrics: dict[str, float] | None = None, artifacts: list[Path] | None = None) -> None:
+        self.flush()
+        self._logger.shutdown(wait=True)
         if self.tracker is not None:
             self.tracker.end_step(metrics, artifacts)
 

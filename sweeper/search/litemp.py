@@ -98,6 +98,7 @@ def run_litemp(ws: Workspace, pool, tracker: Tracker | None, base: Precision, hi
                 entry["onnx"] = str(out.final / Path(entry["onnx"]).name)
                 entry["encodings"] = str(out.final / Path(entry["encodings"]).name)
         write_json(out.path / "results.json", doc)
+        sweep.flush()  # exports and records land in the staging folder before it moves
         final = out.commit()
         sweep.finish({"fp32_metric": ws.fp32_metric, "chosen_k": chosen.k if chosen else -1.0},
                      [final / "results.json"])

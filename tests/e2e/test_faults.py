@@ -97,7 +97,7 @@ def test_killed_worker_is_replaced_and_its_profile_reevaluated(tmp_path: Path) -
 def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     import optuna
 
-    exp = _experiment(tmp_path, tile=4)
+    exp = _experiment(tmp_path, tile=8)  # about 1 s per evaluation: time to interrupt mid-sweep
     cmd = [sys.executable, "-m", "sweeper", "baseline", str(exp)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     storage = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
