@@ -328,8 +328,9 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
         named = {}
         if accepted is not None:
             named["accepted"] = accepted[0]
-        for i, (_, _, (p, _)) in enumerate(front):
-            named.setdefault(f"front{i:02d}", p)
+        if measure:  # the front is exported to measure its latency
+            for i, (_, _, (p, _)) in enumerate(front):
+                named.setdefault(f"front{i:02d}", p)
         exports = sweep.export_profiles(named)
         lat_feeds = {k: ws.eval_data[k][: exp.batch_size] for k in ws.graph.input_names}
         measured = {n: measure_latency_ms(paths[0], lat_feeds) for n, paths in exports.items()} if measure else {}

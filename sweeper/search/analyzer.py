@@ -114,7 +114,9 @@ def run_analyze(ws: Workspace, pool, tracker: Tracker | None, base: Precision,  
                              "max": float(ws.graph.weight_array(w).max())} for w in g.weights],
                 "activations": [{"name": a, "min": float(ws.stats.tensors[a].min) if ws.stats.tensors[a].count else 0.0,
                                  "max": float(ws.stats.tensors[a].max) if ws.stats.tensors[a].count else 0.0,
-                                 "sentinels": int(ws.stats.tensors[a].sentinels), "hist": _hist(ws, a)}
+                                 "sentinels": int(ws.stats.tensors[a].sentinels),
+                                 # histograms matter where the encoding comes from them (mse/percentile)
+                                 "hist": _hist(ws, a) if exp.calibration.scheme != "minmax" else None}
                                 for a in g.activations],
             })
         summary = {"fp32": ws.fp32_metric, **{k: results[k].metric for k in ("weights_only", "activations_only", "base")}}
