@@ -32,6 +32,10 @@ def _workspace(args: argparse.Namespace):  # noqa: ANN202
         exp = exp.__class__(**{**exp.__dict__, "pool": args.pool})
     if getattr(args, "workers", None):
         exp = exp.__class__(**{**exp.__dict__, "workers": args.workers})
+    if getattr(args, "max_drop", None) is not None:
+        if args.max_drop < 0:
+            raise SweeperError("--max-drop", f"found {args.max_drop}: expected a number >= 0")
+        exp = exp.__class__(**{**exp.__dict__, "max_drop": args.max_drop})
     print(f"sweeper: preparing {exp.name} (model, calibration, FP32 reference)...", file=sys.stderr)
     return Workspace(exp)
 
@@ -151,13 +155,9 @@ def cmd_amp(args: argparse.Namespace) -> int:
         candidates = [_precision(c.strip(), "--candidates") for c in args.candidates.split(",") if c.strip()]
         if len(candidates) < 2:
             raise SweeperError("--candidates", "expected at least two precisions, e.g. w4a8,w8a8,fp16")
-    if args.max_drop is not None and args.max_drop < 0:
-        raise SweeperError("--max-drop", f"found {args.max_drop}: expected a number >= 0")
     ws = _workspace(args)
     if candidates is not None:
         ws.exp = dataclasses.replace(ws.exp, candidates=tuple(candidates))
-    if args.max_drop is not None:
-        ws.exp = dataclasses.replace(ws.exp, max_drop=args.max_drop)
     tracker = _tracker(ws, args)
     pool = ws.pool(address=args.address)
     try:
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--workers", type=int, help="number of parallel workers")
         sp.add_argument("--address", default=None, help="Ray cluster address (default: start a local runtime)")
         sp.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+        sp.add_argument("--max-drop", type=float, default=None,
+                        help="allowed drop vs FP32 (overrides the experiment's target.max_drop)")
         sp.add_argument("--fresh", action="store_true",
                         help="start the step's study afresh (default: resume it, skipping evaluated profiles)")
 
@@ -284,7 +286,6 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--algorithm", default="greedy", help="greedy (default), optuna, greedy+optuna")
     sp.add_argument("--candidates", help="comma-separated precisions (default: the experiment's candidates)")
-    sp.add_argument("--max-drop", type=float, help="allowed drop (default: the experiment's target.max_drop)")
     sp.add_argument("--cost", default="bops", help="bops (default), bytes, latency (the CostModel's estimate)")
     sp.add_argument("--objective", default="multi",
                     help="Optuna: multi (NSGA-II on metric and cost, default) or constrained (TPE on cost)")
