@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from _common import mnist_workspace
+from _common import fp32_eval_seconds, mnist_workspace
 
 from sweeper.quant.precision import Precision
 from sweeper.search.amp import run_amp
@@ -34,12 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     ws = mnist_workspace()
     cands = tuple(Precision.parse(c) for c in CANDIDATES.split(","))
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        ws.evaluator.evaluate(ws.fp32_run, ws.eval_data, ws.reference)
-        times.append(time.perf_counter() - t0)
-    fp32 = statistics.median(times)
+    fp32 = fp32_eval_seconds(ws)
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         ws.exp = dataclasses.replace(ws.exp, output=Path(tmp) / "out", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
