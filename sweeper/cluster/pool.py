@@ -67,6 +67,10 @@ class SimWorker:
         self._graph = graph
         self._probe: QuantSim | None = None
         self._probe_ref: dict[str, np.ndarray] = {}
+        if spec.probe_data is not None:  # an analysis pool: probes and report plots, prepared at start-up
+            import sweeper.report.sensitivity  # noqa: F401 - imported now, not on the critical path
+
+            self._probe_sim()
 
     def evaluate(self, profile_json: dict[str, str]) -> tuple[dict[str, str], float, float, str, str]:
         profile = Profile.from_json(profile_json)
@@ -75,8 +79,8 @@ class SimWorker:
         metric = float(self.evaluator.evaluate(self.sim.run, self.data, self.reference))
         return profile_json, metric, time.perf_counter() - t0, self.name, self.node_id()
 
-    def layer_sqnr(self, profile_json: dict[str, str], tensor: str) -> float:
-        """SQNR (dB) of ``tensor`` under ``profile`` vs FP32, on the probe (calibration) batch."""
+    def _probe_sim(self) -> QuantSim:
+        """A second simulation exposing every group's layer output, with its FP32 reference values."""
         from sweeper.quant.precision import FP32
         from sweeper.sim.quantsim import QuantSim
 
@@ -86,8 +90,20 @@ class SimWorker:
             self._probe.apply(Profile.uniform([g.name for g in self._graph.groups], FP32))
             outs = self._probe.run_named(self.spec.probe_data or {})
             self._probe_ref = {t: outs[t] for t in self.spec.probe_tensors}
-        self._probe.apply(Profile.from_json(profile_json))
-        out = self._probe.run_named(self.spec.probe_data or {})[tensor].astype(np.float64)
+        return self._probe
+
+    def render_plot(self, doc: dict[str, Any], name: str) -> bytes | None:
+        """Render one plot of a report (idle workers draw the report's plots in parallel)."""
+        from sweeper.report.sensitivity import render_plot
+
+        return render_plot(doc, name)
+
+    def layer_sqnr(self, profile_json: dict[str, str], tensor: str) -> float:
+        """SQNR (dB) of ``tensor`` under ``profile`` vs FP32, on the probe (calibration) batch."""
+
+        probe = self._probe_sim()
+        probe.apply(Profile.from_json(profile_json))
+        out = probe.run_named(self.spec.probe_data or {})[tensor].astype(np.float64)
         ref = self._probe_ref[tensor].astype(np.float64)
         noise = float(np.sum((ref - out) ** 2))
         signal = float(np.sum(ref ** 2))

@@ -21,7 +21,7 @@ import base64
 import html
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -547,21 +547,36 @@ def _html(v: _View, pngs: dict[str, Path]) -> str:
 
 
 # -- entry point ------------------------------------------------------------------------------
-def write_sensitivity_report(doc: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def render_plot(doc: dict[str, Any], name: str) -> bytes | None:
+    """One plot of the report as PNG bytes (None when it has nothing to show). Pure function of ``doc``, so
+    it can run anywhere, e.g. on idle workers in parallel."""
+    import tempfile
+
+    makers = {"summary": _plot_summary, "sensitivity": _plot_sensitivity, "sqnr": _plot_sqnr,
+              "ranges": _plot_ranges, "histograms": _plot_histograms}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = makers[name](_View(doc), Path(tmp) / f"{name}.png")
+        return path.read_bytes() if path is not None else None
+
+
+def write_sensitivity_report(doc: dict[str, Any], out_dir: Path,
+                             render: Callable[[list[str]], dict[str, bytes | None]] | None = None) -> dict[str, Path]:
     """Write the plots and ``report.html`` into ``out_dir``; return ``{"html": path, plot name: png path}``.
 
     Plots with nothing to show (no SQNR, no histograms, no groups) are skipped and absent from the result.
+    ``render(names) -> {name: png bytes}`` renders plots elsewhere (e.g. in parallel on the worker pool);
+    by default they are rendered here.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     v = _View(doc)
-    makers = {"summary": _plot_summary, "sensitivity": _plot_sensitivity, "sqnr": _plot_sqnr,
-              "ranges": _plot_ranges, "histograms": _plot_histograms}
+    rendered = render(list(PLOTS)) if render is not None else {n: render_plot(doc, n) for n in PLOTS}
     pngs: dict[str, Path] = {}
     for name in PLOTS:
-        p = makers[name](v, out_dir / f"{name}.png")
-        if p is not None:
-            pngs[name] = p
+        data = rendered.get(name)
+        if data is not None:
+            pngs[name] = out_dir / f"{name}.png"
+            pngs[name].write_bytes(data)
     html_path = out_dir / "report.html"
     html_path.write_text(_html(v, pngs), encoding="utf-8")
     return {"html": html_path, **pngs}

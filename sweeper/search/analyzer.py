@@ -128,7 +128,11 @@ def run_analyze(ws: Workspace, pool, tracker: Tracker | None, base: Precision,  
             "groups": rank_groups(groups, ranking, exp.higher_is_better),
         }
         write_json(out.path / "sensitivity.json", doc)
-        files = write_sensitivity_report(doc, out.path)
+        def render(names: list[str]) -> dict[str, bytes | None]:
+            calls = [(doc, n) for n in names]
+            return {names[i]: png for i, png in pool.map_calls("render_plot", calls)}
+
+        files = write_sensitivity_report(doc, out.path, render=render)
         sweep.flush()  # exports and records land in the staging folder before it moves
         final = out.commit()
         sweep.finish({"fp32_metric": ws.fp32_metric, **{f"summary_{k}": v for k, v in summary.items()}},
