@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="greedy")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--no-tracking", action="store_true", help="no MLflow child runs (the Optuna study stays)")
     args = ap.parse_args()
     ws = mnist_workspace()
     cands = tuple(Precision.parse(c) for c in CANDIDATES.split(","))
@@ -41,7 +42,7 @@ def main() -> None:
         pool = ws.pool("ray", args.workers)
         try:
             list(pool.map_calls("pid", [()] * args.workers))  # actors up
-            tracker = Tracker("bench-amp", ws.exp.tracking_uri)
+            tracker = None if args.no_tracking else Tracker("bench-amp", ws.exp.tracking_uri)
             t0 = time.perf_counter()
             rep = run_amp(ws, pool, tracker, candidates=list(cands), algorithm=args.algorithm, trials=args.trials,
                           measure=False)
@@ -50,7 +51,8 @@ def main() -> None:
             pool.close()
     n = rep.doc["evaluations"]
     ideal = n * fp32 / args.workers
-    print(f"mnist: AMP {args.algorithm}: {n} evaluations in {wall:.2f}s (search {rep.doc['search_seconds']:.2f}s); "
+    mode = "no MLflow" if args.no_tracking else "MLflow on"
+    print(f"mnist: AMP {args.algorithm} ({mode}): {n} evaluations in {wall:.2f}s (search {rep.doc['search_seconds']:.2f}s); "
           f"one FP32 evaluation {fp32 * 1e3:.0f} ms, {args.workers} workers -> wall / (evaluations x FP32 / workers) "
           f"= {wall / ideal:.2f} (target <= 1.3); accepted {rep.doc['accepted']['profile']} at "
           f"{rep.doc['accepted']['bops_ratio']:.2f}x w8a8 BOPs")
