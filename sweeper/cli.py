@@ -49,7 +49,7 @@ def _tracker(ws, args: argparse.Namespace):  # noqa: ANN001, ANN202
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from sweeper.search.baseline import format_table, run_baseline
+    from sweeper.search.baseline import run_baseline
 
     ws = _workspace(args)
     tracker = _tracker(ws, args)
@@ -59,12 +59,48 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     finally:
         pool.close()
         ws.close()
+    _print_baseline(ws, rep)
+    if tracker is not None:
+        print(f"MLflow: {tracker.uri} (experiment {ws.exp.name!r}; `sweeper ui` to browse)")
+    return 0
+
+
+def _print_baseline(ws, rep) -> None:  # noqa: ANN001
+    from sweeper.search.baseline import format_table
+
     print(f"\nStep 1 - baseline precision: {ws.exp.name} ({ws.exp.metric}, max drop {ws.exp.max_drop})")
     print(format_table(rep, ws.exp.metric))
     print(f"\n{rep.interpretation}")
     if rep.chosen:
         print(f"chosen: {rep.chosen}  -> {rep.output / (rep.chosen + '.onnx')}")
     print(f"results: {rep.output / 'results.json'}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The workflow: Step 1 (baseline), then Step 3 (greedy AMP over the same candidates) on one pool."""
+    from sweeper.search.amp import run_amp
+    from sweeper.search.baseline import run_baseline
+
+    ws = _workspace(args)
+    tracker = _tracker(ws, args)
+    pool = ws.pool(address=args.address)
+    amp = None
+    try:
+        rep = run_baseline(ws, pool, tracker, fresh=args.fresh)
+        _print_baseline(ws, rep)
+        if len(ws.exp.candidates) > 1:
+            print("\nStep 3 - automatic mixed precision (greedy) over the same candidates...", file=sys.stderr)
+            amp = run_amp(ws, pool, tracker, candidates=list(ws.exp.candidates), algorithm="greedy",
+                          fresh=args.fresh)
+    finally:
+        pool.close()
+        ws.close()
+    if amp is not None:
+        _print_amp(ws, amp)
+        a = amp.doc["accepted"]
+        if a:
+            print(f"\nrecommended: {a['profile']} ({ws.exp.metric} {a['metric']:.4f}, {a['bops_ratio']:.2f}x w8a8 BOPs)"
+                  f" -> {a['onnx']}")
     if tracker is not None:
         print(f"MLflow: {tracker.uri} (experiment {ws.exp.name!r}; `sweeper ui` to browse)")
     return 0
@@ -167,6 +203,11 @@ def cmd_amp(args: argparse.Namespace) -> int:
     finally:
         pool.close()
         ws.close()
+    _print_amp(ws, rep)
+    return 0
+
+
+def _print_amp(ws, rep) -> None:  # noqa: ANN001
     d = rep.doc
     print(f"\nStep 3 - AMP ({d['algorithm']}, cost {d['cost']}): {ws.exp.name}, candidates "
           f"{', '.join(d['candidates'])}, FP32 {d['fp32_metric']:.4f}, max drop {d['max_drop']}")
@@ -188,7 +229,6 @@ def cmd_amp(args: argparse.Namespace) -> int:
     if d["latency_rank_correlation"] is not None:
         print(f"rank correlation of estimated vs measured latency over the front: {d['latency_rank_correlation']:.2f}")
     print(f"results: {rep.output / 'results.json'}  plot: {rep.output / 'pareto.png'}")
-    return 0
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -265,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--fresh", action="store_true",
                         help="start the step's study afresh (default: resume it, skipping evaluated profiles)")
 
-    for name, fn, helptext in [("run", cmd_baseline, "the whole workflow (currently: Step 1, baseline)"),
+    for name, fn, helptext in [("run", cmd_run, "the workflow: Step 1 (baseline), then Step 3 (greedy AMP)"),
                                ("baseline", cmd_baseline, "Step 1: simulate every candidate precision")]:
         sp = sub.add_parser(name, help=helptext)
         common(sp)
