@@ -21,7 +21,7 @@ the simulation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,7 +96,8 @@ class QuantSim:
     """The simulation model of ``graph`` with the encodings of ``table``.
 
     ``precisions`` are the precisions a profile may assign (every candidate of the sweep); fp32 is always
-    included. Layers hold one constant branch per precision.
+    included. Layers hold one constant branch per precision, computed from the table when the simulation is
+    built: encodings set in the table afterwards (e.g. loaded from a file) need a new QuantSim.
     """
 
     def __init__(self, graph: ModelGraph, table: EncodingTable, threads: int = 1,
@@ -376,6 +377,3 @@ class QuantSim:
         """Like :meth:`run`, keyed by output name (graph outputs and probes)."""
         names = [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.run(feeds), strict=True))
-
-    def runner(self) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
-        return self.run

@@ -30,7 +30,6 @@ class Tracker:
 
         for name in ("mlflow", "mlflow.store.db.utils", "alembic"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        self._mlflow = mlflow
         self.uri = resolve_uri(uri)
         client = mlflow.MlflowClient(self.uri)
         exp = client.get_experiment_by_name(experiment)
