@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import warnings
@@ -26,16 +27,18 @@ def _workspace(args: argparse.Namespace):  # noqa: ANN202
     from sweeper.pipeline import Workspace
 
     exp = load_experiment(args.experiment)
+    overrides: dict[str, object] = {}
     if getattr(args, "output", None):
-        exp = exp.__class__(**{**exp.__dict__, "output": Path(args.output)})
+        overrides["output"] = Path(args.output)
     if getattr(args, "pool", None):
-        exp = exp.__class__(**{**exp.__dict__, "pool": args.pool})
+        overrides["pool"] = args.pool
     if getattr(args, "workers", None):
-        exp = exp.__class__(**{**exp.__dict__, "workers": args.workers})
+        overrides["workers"] = args.workers
     if getattr(args, "max_drop", None) is not None:
         if args.max_drop < 0:
             raise SweeperError("--max-drop", f"found {args.max_drop}: expected a number >= 0")
-        exp = exp.__class__(**{**exp.__dict__, "max_drop": args.max_drop})
+        overrides["max_drop"] = args.max_drop
+    exp = dataclasses.replace(exp, **overrides)
     print(f"sweeper: preparing {exp.name} (model, calibration, FP32 reference)...", file=sys.stderr)
     return Workspace(exp)
 
@@ -176,8 +179,6 @@ def cmd_litemp(args: argparse.Namespace) -> int:
 
 
 def cmd_amp(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from sweeper.search.amp import ALGORITHMS, COSTS, OBJECTIVES, run_amp
 
     for flag, value, allowed in [("--algorithm", args.algorithm, ALGORITHMS), ("--cost", args.cost, COSTS),
@@ -293,13 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sweeper {sweeper.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("experiment", help="experiment YAML file")
-        sp.add_argument("--output", help="output directory (overrides the experiment file)")
+    def pool_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--pool", choices=["ray", "local"], help="worker pool (default: the experiment's, ray)")
         sp.add_argument("--workers", type=int, help="number of parallel workers")
         sp.add_argument("--address", default=None, help="Ray cluster address (default: start a local runtime)")
         sp.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("experiment", help="experiment YAML file")
+        sp.add_argument("--output", help="output directory (overrides the experiment file)")
+        pool_options(sp)
         sp.add_argument("--max-drop", type=float, default=None,
                         help="allowed drop vs FP32 (overrides the experiment's target.max_drop)")
         sp.add_argument("--fresh", action="store_true",
@@ -335,10 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("batch", help="Step 1 on many models (a folder of experiment files, or a list)")
     sp.add_argument("experiments", nargs="+", help="experiment YAML files or folders of them")
     sp.add_argument("--output", help="output root (each experiment writes OUTPUT/<name>)")
-    sp.add_argument("--pool", choices=["ray", "local"])
-    sp.add_argument("--workers", type=int)
-    sp.add_argument("--address", default=None)
-    sp.add_argument("--no-tracking", action="store_true")
+    pool_options(sp)
     sp.set_defaults(func=cmd_batch)
     sp = sub.add_parser("export", help="export one profile as ONNX QDQ + AIMET encodings")
     common(sp)

@@ -202,22 +202,11 @@ class RayPool:
     replaced by a new actor and its in-flight profile is evaluated again."""
 
     def __init__(self, spec: WorkerSpec, workers: int, address: str | None = None) -> None:
-        _quiet_ray_env()
-        import logging
-
         import ray
 
         self._ray = ray
-        self._started = False
-        if not ray.is_initialized():
-            address = address or os.environ.get("RAY_ADDRESS")
-            kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
-                                          logging_level=logging.ERROR, configure_logging=True)
-            if address:
-                ray.init(address=address, **kwargs)
-            else:
-                ray.init(num_cpus=max(workers * spec.threads, os.cpu_count() or 1), **kwargs)
-            self._started = True
+        # joins the runtime a caller started (ray_runtime, a cluster), else starts and later stops its own
+        self._runtime = ray_runtime(address, max(workers * spec.threads, os.cpu_count() or 1)).__enter__()
         self._spec_ref = ray.put(spec)  # one copy in the object store, shared by every actor
         self._actor_cls = ray.remote(num_cpus=spec.threads)(_RaySimWorker)
         self._made = 0
@@ -293,8 +282,7 @@ class RayPool:
             except Exception:  # noqa: BLE001 - already gone
                 pass
         self.actors = []
-        if self._started:
-            self._ray.shutdown()
+        self._runtime.__exit__()
 
 
 class _RaySimWorker(SimWorker):

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweeper.pipeline import StagedOutput, Workspace
-from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
 from sweeper.search.evaluate import Evaluated, Sweep, write_json
 from sweeper.tracking.tracker import Tracker
@@ -87,4 +86,4 @@ def format_table(rep: BaselineReport, metric: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BaselineReport", "Precision", "format_table", "interpret", "run_baseline"]
+__all__ = ["BaselineReport", "format_table", "interpret", "run_baseline"]
