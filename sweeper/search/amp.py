@@ -29,6 +29,7 @@ from sweeper.pipeline import StagedOutput, Workspace
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
 from sweeper.search.evaluate import Evaluated, Sweep, write_json
+from sweeper.search.study import open_storage
 from sweeper.tracking.tracker import Tracker
 
 ALGORITHMS = ("greedy", "optuna", "greedy+optuna")
@@ -164,22 +165,23 @@ class OptunaAMP:
         self.cost = cost
         self.objective = objective
         self.dist = optuna.distributions.CategoricalDistribution(tuple(c.name for c in candidates))
+        rdb = open_storage(storage)
         if fresh:
             try:
-                optuna.delete_study(study_name=name, storage=storage)
+                optuna.delete_study(study_name=name, storage=rdb)
             except KeyError:
                 pass
         threshold = ws.fp32_metric - ws.exp.max_drop if ws.exp.higher_is_better else ws.fp32_metric + ws.exp.max_drop
         self.threshold = threshold
         if objective == "multi":
             sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, 2 * len(self.groups))))
-            self.study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+            self.study = optuna.create_study(study_name=name, storage=rdb, load_if_exists=True,
                                              directions=["maximize" if ws.exp.higher_is_better else "minimize",
                                                          "minimize"], sampler=sampler)
         elif objective == "constrained":
             sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=lambda t: [t.user_attrs.get("violation", 0.0)],
                                                  multivariate=True, group=False)
-            self.study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+            self.study = optuna.create_study(study_name=name, storage=rdb, load_if_exists=True,
                                              direction="minimize", sampler=sampler)
         else:
             raise ValueError(f"unknown objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")

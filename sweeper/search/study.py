@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,28 @@ def study_name(experiment: str, step: str, fingerprint: dict[str, Any]) -> str:
     return f"{experiment}/{step}/{digest}"
 
 
+def open_storage(url: str, attempts: int = 6) -> Any:
+    """An Optuna RDB storage that tolerates other processes opening the same database at the same time.
+
+    Two processes creating the schema of a fresh database race on the alembic version row (one gets an
+    IntegrityError); SQLite writers also meet "database is locked". Both are transient: wait and retry.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 60}  # wait for another writer's lock instead of failing at once
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 class SweepStudy:
     """An Optuna study whose trials are evaluated profiles (one categorical parameter per group)."""
 
@@ -33,12 +56,12 @@ class SweepStudy:
         self._optuna = optuna
         if fresh:
             try:
-                optuna.delete_study(study_name=name, storage=storage)
+                optuna.delete_study(study_name=name, storage=open_storage(storage))
             except KeyError:
                 pass
         self.storage = storage
         self.name = name
-        self.study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+        self.study = optuna.create_study(study_name=name, storage=open_storage(storage), load_if_exists=True,
                                          direction="maximize")
         # one fixed choice set for every study (Optuna requires the same choices across trials)
         bits = (2, 4, 8, 16, 32)

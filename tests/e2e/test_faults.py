@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,17 @@ def test_killed_worker_is_replaced_and_its_profile_reevaluated(tmp_path: Path) -
     assert len(counts) == len(ALL) and set(counts.values()) == {1}
 
 
+def _completed_trials(db: Path) -> int:
+    """Completed trials in a study database, read without writing (never races the driver's schema creation)."""
+    if not db.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            return int(con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0])
+    except sqlite3.Error:  # the driver is creating the schema right now
+        return 0
+
+
 def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     import optuna
 
@@ -105,13 +118,7 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     done = 0
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-        if not (tmp_path / "out" / "study.db").exists():
-            continue
-        try:
-            summaries = optuna.get_all_study_summaries(storage)
-        except Exception:  # noqa: BLE001 - the driver may be creating the schema right now
-            continue
-        done = sum(s.n_trials for s in summaries)
+        done = _completed_trials(tmp_path / "out" / "study.db")
         if done >= 2:
             proc.send_signal(signal.SIGINT)
             break
