@@ -39,7 +39,7 @@ def main() -> None:
         os.chdir(tmp)
         ws.exp = dataclasses.replace(ws.exp, output=Path(tmp) / "out", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
                                      candidates=cands)
-        pool = ws.pool("ray", args.workers)
+        pool = ws.pool("ray", args.workers, reuse=True)  # as `sweeper amp` starts it
         try:
             list(pool.map_calls("pid", [()] * args.workers))  # actors up
             tracker = None if args.no_tracking else Tracker("bench-amp", ws.exp.tracking_uri)

@@ -34,7 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         ws.exp = dataclasses.replace(ws.exp, output=Path(tmp) / "out", tracking_uri=f"sqlite:///{tmp}/mlflow.db")
-        pool = ws.pool("ray", args.workers, extra_precisions=analysis_precisions(base), probes=True)
+        pool = ws.pool("ray", args.workers, extra_precisions=analysis_precisions(base), probes=True, reuse=True)
         try:
             list(pool.map_calls("pid", [()] * args.workers))  # actors up
             tracker = Tracker("bench-analyze", ws.exp.tracking_uri)

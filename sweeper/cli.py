@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     ws = _workspace(args)
     tracker = _tracker(ws, args)
-    pool = ws.pool(address=args.address)
+    pool = ws.pool(address=args.address, reuse=True)
     amp = None
     try:
         rep = run_baseline(ws, pool, tracker, fresh=args.fresh)
@@ -133,7 +133,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     ranking = _ranking(args.rank)
     ws = _workspace(args)
     tracker = _tracker(ws, args)
-    pool = ws.pool(address=args.address, extra_precisions=analysis_precisions(base), probes=True)
+    pool = ws.pool(address=args.address, extra_precisions=analysis_precisions(base), probes=True, reuse=True)
     try:
         rep = run_analyze(ws, pool, tracker, base, ranking, fresh=args.fresh)
     finally:
@@ -160,7 +160,8 @@ def cmd_litemp(args: argparse.Namespace) -> int:
         raise SweeperError("--k", f"found {args.k!r}: expected percentages between 0 and 100")
     ws = _workspace(args)
     tracker = _tracker(ws, args)
-    pool = ws.pool(address=args.address, extra_precisions=(*analysis_precisions(base), high.name), probes=True)
+    pool = ws.pool(address=args.address, extra_precisions=(*analysis_precisions(base), high.name), probes=True,
+                   reuse=True)
     try:
         rep = run_litemp(ws, pool, tracker, base, high, ks, ranking, fresh=args.fresh)
     finally:
@@ -196,7 +197,7 @@ def cmd_amp(args: argparse.Namespace) -> int:
     if candidates is not None:
         ws.exp = dataclasses.replace(ws.exp, candidates=tuple(candidates))
     tracker = _tracker(ws, args)
-    pool = ws.pool(address=args.address)
+    pool = ws.pool(address=args.address, reuse=True)
     try:
         rep = run_amp(ws, pool, tracker, candidates=list(ws.exp.candidates), algorithm=args.algorithm,
                       cost=args.cost, objective=args.objective, trials=args.trials, timeout=args.timeout,

@@ -94,9 +94,11 @@ class Workspace:
         """How much worse than FP32 (positive = worse), in metric units."""
         return (self.fp32_metric - metric) if self.exp.higher_is_better else (metric - self.fp32_metric)
 
-    def worker_spec(self, extra_precisions: tuple[str, ...] = (), probes: bool = False) -> WorkerSpec:
+    def worker_spec(self, extra_precisions: tuple[str, ...] = (), probes: bool = False,
+                    reuse: bool = False) -> WorkerSpec:
         """What workers build their QuantSim from; ``extra_precisions`` beyond the candidates (analysis,
-        LiteMP's higher precision); ``probes`` adds a calibration batch and per-group probe tensors."""
+        LiteMP's higher precision); ``probes`` adds a calibration batch and per-group probe tensors;
+        ``reuse`` prepares prefix reuse (``reuse_memory_mb``) for steps whose profiles share prefixes."""
         from sweeper.sim.quantsim import probe_tensor
 
         precisions = tuple(dict.fromkeys([*(p.name for p in self.exp.candidates), *extra_precisions]))
@@ -111,11 +113,12 @@ class Workspace:
             metric=self.exp.metric, higher_is_better=self.exp.higher_is_better, batch_size=self.exp.batch_size,
             input_names=self.graph.input_names, data=self.eval_data, reference=self.reference,
             threads=self.threads, precisions=precisions, probe_data=probe_data, probe_tensors=probe_tensors,
+            reuse_mb=float(self.exp.reuse_memory_mb) if reuse else 0.0,
         )
 
     def pool(self, kind: str | None = None, workers: int | None = None, address: str | None = None,
-             extra_precisions: tuple[str, ...] = (), probes: bool = False) -> WorkerPool:
-        spec = self.worker_spec(extra_precisions, probes)
+             extra_precisions: tuple[str, ...] = (), probes: bool = False, reuse: bool = False) -> WorkerPool:
+        spec = self.worker_spec(extra_precisions, probes, reuse)
         return make_pool(kind or self.exp.pool, spec, workers or self.exp.workers, address)
 
     def close(self) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -33,6 +35,7 @@ class WorkerSpec:
     precisions: tuple[str, ...] = ()  # every precision a profile may assign (the sweep's candidates)
     probe_data: dict[str, np.ndarray] | None = None  # a calibration batch for per-layer SQNR probes
     probe_tensors: tuple[str, ...] = ()  # tensors the probes compare with FP32
+    reuse_mb: float = 0.0  # memory for prefix reuse (sweeper.sim.reuse); 0: every evaluation is a full run
 
 
 @dataclass
@@ -67,17 +70,42 @@ class SimWorker:
         self._graph = graph
         self._probe: QuantSim | None = None
         self._probe_ref: dict[str, np.ndarray] = {}
-        if spec.probe_data is not None:  # an analysis pool: probes and report plots, prepared at start-up
-            import sweeper.report.sensitivity  # noqa: F401 - imported now, not on the critical path
+        self.reuse = None
+        if spec.reuse_mb > 0:
+            from sweeper.sim.reuse import PrefixReuse
 
+            samples = len(next(iter(spec.data[k] for k in spec.input_names)))
+            self.reuse = PrefixReuse(self.sim, spec.stats.shapes, samples, spec.reuse_mb)
+            self.reuse.build(warmup=self._first_batch())
+        self.sim.apply(Profile.uniform([g.name for g in graph.groups], self.sim.precisions[-1]))
+        self.sim.run(self._first_batch())  # ONNX Runtime's first run sets up its memory: not in a sweep's time
+        import sweeper.report.amp  # noqa: F401 - plot modules imported now, not on a step's critical path
+        import sweeper.report.sensitivity  # noqa: F401
+
+        if spec.probe_data is not None:  # an analysis pool: probes prepared at start-up
             self._probe_sim()
 
-    def evaluate(self, profile_json: dict[str, str]) -> tuple[dict[str, str], float, float, str, str]:
+    def _first_batch(self) -> dict[str, np.ndarray]:
+        return {k: self.data[k][: self.spec.batch_size] for k in self.spec.input_names}
+
+    def evaluate(self, profile_json: dict[str, str], reference_json: dict[str, str] | None = None
+                 ) -> tuple[dict[str, str], float, float, str, str]:
+        """The metric of a profile. With a ``reference`` profile (one most profiles of the call share a
+        prefix with), the worker runs the reference once and later profiles from its stored activations."""
         profile = Profile.from_json(profile_json)
         t0 = time.perf_counter()
-        self.sim.apply(profile)
-        metric = float(self.evaluator.evaluate(self.sim.run, self.data, self.reference))
+        metric = self._metric(profile, None if reference_json is None else Profile.from_json(reference_json))
         return profile_json, metric, time.perf_counter() - t0, self.name, self.node_id()
+
+    def _metric(self, profile: Profile, reference: Profile | None) -> float:
+        reuse = self.reuse
+        if reuse is None or reference is None or not reuse.cuts:
+            self.sim.apply(profile)
+            return float(self.evaluator.evaluate(self.sim.run, self.data, self.reference))
+        reuse.set_reference(reference)
+        metric = float(self.evaluator.evaluate(reuse.run_fn(profile), self.data, self.reference))
+        reuse.finish_run()
+        return metric
 
     def _probe_sim(self) -> QuantSim:
         """A second simulation exposing every group's layer output, with its FP32 reference values."""
@@ -94,9 +122,13 @@ class SimWorker:
 
     def render_plot(self, doc: dict[str, Any], name: str) -> bytes | None:
         """Render one plot of a report (idle workers draw the report's plots in parallel)."""
-        from sweeper.report.sensitivity import render_plot
-
         return render_plot(doc, name)
+
+    def measure_latency(self, model: bytes) -> float:
+        """Measured ONNX Runtime CPU latency (ms, 1 thread) of an exported model on one evaluation batch."""
+        from sweeper.cost.measure import measure_latency_ms
+
+        return measure_latency_ms(model, self._first_batch())
 
     def layer_sqnr(self, profile_json: dict[str, str], tensor: str) -> float:
         """SQNR (dB) of ``tensor`` under ``profile`` vs FP32, on the probe (calibration) batch."""
@@ -118,10 +150,54 @@ class SimWorker:
         return os.getpid()
 
 
+def render_plot(doc: dict[str, Any], name: str) -> bytes | None:
+    """One plot of a step's report as PNG bytes: ``amp_pareto`` or a sensitivity report plot."""
+    if name == "amp_pareto":
+        from sweeper.report.amp import render_pareto
+
+        return render_pareto(doc)
+    from sweeper.report.sensitivity import render_plot as sensitivity_plot
+
+    return sensitivity_plot(doc, name)
+
+
+def render_in_background(pool: WorkerPool, doc: dict[str, Any], name: str) -> Future[bytes | None]:
+    """Render a plot on an idle worker while the caller goes on (here, when the pool never started)."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-plot")
+
+    def render() -> bytes | None:
+        if isinstance(pool, LazyPool) and pool.pool is None:  # do not start workers just to draw
+            return render_plot(doc, name)
+        try:
+            return next(iter(pool.map_calls("render_plot", [(doc, name)])))[1]
+        except Exception:  # noqa: BLE001 - a plot must not cost the results: draw it here instead
+            return render_plot(doc, name)
+
+    future = executor.submit(render)
+    executor.shutdown(wait=False)
+    return future
+
+
+def measure_on_workers(pool: WorkerPool, models: dict[str, Path]) -> dict[str, float]:
+    """Measured latency (ms) of exported models, one model per worker at a time (each worker runs on its own
+    CPU, 1 thread); here, in process, when the pool never started."""
+    if not models:
+        return {}
+    names = list(models)
+    if isinstance(pool, LazyPool) and pool.pool is None:
+        from sweeper.cost.measure import measure_latency_ms
+
+        worker_data = pool.spec.data
+        feeds = {k: worker_data[k][: pool.spec.batch_size] for k in pool.spec.input_names}
+        return {n: measure_latency_ms(models[n], feeds) for n in names}
+    calls = [(models[n].read_bytes(),) for n in names]
+    return {names[i]: float(ms) for i, ms in pool.map_calls("measure_latency", calls)}
+
+
 class WorkerPool(Protocol):
     size: int
 
-    def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]: ...
+    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None) -> Iterator[Result]: ...
 
     def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]: ...
 
@@ -148,8 +224,9 @@ class InProcessPool:
             tag, args = call
             yield tag, getattr(self.worker, method)(*args)
 
-    def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
-        for _, out in self.map_calls("evaluate", [(p.to_json(),) for p in profiles]):
+    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None) -> Iterator[Result]:
+        ref = None if reference is None else reference.to_json()
+        for _, out in self.map_calls("evaluate", [(p.to_json(), ref) for p in profiles]):
             pj, metric, secs, name, node = out
             yield Result(Profile.from_json(pj), metric, secs, name, node)
 
@@ -219,33 +296,38 @@ class RayPool:
         self._made += 1
         return actor
 
+    def wait_ready(self) -> None:
+        """Block until every actor is constructed (its QuantSim built)."""
+        self._ray.get([a.pid.remote() for a in self.actors])
+
     def worker_pids(self) -> list[int]:
         return list(self._ray.get([a.pid.remote() for a in self.actors]))
 
     def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
-        """Call ``method(*args)`` on the workers for every args tuple; yield (index, result) as they finish."""
+        """Call ``method(*args)`` on the workers for every args tuple; yield (index, result) as they finish.
+        Each worker holds two calls (one running, one queued), so it never waits for the driver."""
         it = iter(enumerate(calls))
-        return self.map_dynamic(method, lambda: next(it, None))
+        return self.map_dynamic(method, lambda: next(it, None), depth=2)
 
-    def map_dynamic(self, method: str, next_call: Callable[[], tuple[Any, tuple[Any, ...]] | None]
-                    ) -> Iterator[tuple[Any, Any]]:
-        """Whenever a worker is idle, ask ``next_call()`` for ``(tag, args)`` (None: nothing more for now) and
-        run ``method(*args)`` on it; yield ``(tag, result)`` as calls finish. Asynchronous ask/tell searches
-        use this to keep every worker busy."""
+    def map_dynamic(self, method: str, next_call: Callable[[], tuple[Any, tuple[Any, ...]] | None],
+                    depth: int = 1) -> Iterator[tuple[Any, Any]]:
+        """Whenever a worker has fewer than ``depth`` calls in flight, ask ``next_call()`` for ``(tag, args)``
+        (None: nothing more for now) and run ``method(*args)`` on it; yield ``(tag, result)`` as calls
+        finish. Asynchronous ask/tell searches use this (depth 1) to keep every worker busy."""
         ray = self._ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         retry: list[tuple[Any, tuple[Any, ...]]] = []
-        idle = list(self.actors)
+        slots = [a for _ in range(depth) for a in self.actors]  # one entry per free call slot
         running: dict[Any, tuple[Any, Any, tuple[Any, ...]]] = {}
         exhausted = False
         while True:
-            while idle and (retry or not exhausted):
+            while slots and (retry or not exhausted):
                 call = retry.pop(0) if retry else next_call()
                 if call is None:
                     exhausted = True
                     break
-                actor = idle.pop()
+                actor = slots.pop(0)
                 tag, args = call
                 running[getattr(actor, method).remote(*args)] = (actor, tag, args)
             if not running:
@@ -259,19 +341,21 @@ class RayPool:
                 try:
                     out = ray.get(ref)
                 except (RayActorError, ActorDiedError, ActorUnavailableError):
-                    # the worker died: replace it and run its call again
-                    replacement = self._new_actor()
-                    self.actors = [replacement if a is actor else a for a in self.actors]
-                    self.replaced += 1
+                    # the worker died: replace it (once) and run its calls again
                     retry.append((tag, args))
-                    idle.append(replacement)
+                    if any(a is actor for a in self.actors):
+                        replacement = self._new_actor()
+                        self.actors = [replacement if a is actor else a for a in self.actors]
+                        self.replaced += 1
+                        slots = [a for a in slots if a is not actor] + [replacement] * depth
                     continue
-                idle.append(actor)
+                slots.append(actor)
                 exhausted = False
                 yield tag, out
 
-    def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
-        for _, out in self.map_calls("evaluate", [(p.to_json(),) for p in profiles]):
+    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None) -> Iterator[Result]:
+        ref = None if reference is None else reference.to_json()
+        for _, out in self.map_calls("evaluate", [(p.to_json(), ref) for p in profiles]):
             pj, metric, secs, name, node = out
             yield Result(Profile.from_json(pj), metric, secs, name, node)
 
@@ -302,17 +386,25 @@ class LazyPool:
     def __init__(self, kind: str, spec: WorkerSpec, workers: int, address: str | None = None) -> None:
         self.kind, self.spec, self.size, self.address = kind, spec, workers, address
         self.pool: InProcessPool | RayPool | None = None
+        self.startup_seconds = 0.0  # time spent starting the runtime and the workers (not evaluating)
 
     def started(self) -> InProcessPool | RayPool:
         if self.pool is None:
-            self.pool = InProcessPool(self.spec) if self.kind == "local" else RayPool(self.spec, self.size, self.address)
+            t0 = time.perf_counter()
+            if self.kind == "local":
+                self.pool = InProcessPool(self.spec)
+            else:
+                pool = RayPool(self.spec, self.size, self.address)
+                pool.wait_ready()
+                self.pool = pool
+            self.startup_seconds += time.perf_counter() - t0
         return self.pool
 
-    def map_unordered(self, profiles: Iterable[Profile]) -> Iterator[Result]:
+    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None) -> Iterator[Result]:
         todo = list(profiles)
         if not todo:
             return iter(())
-        return self.started().map_unordered(todo)
+        return self.started().map_unordered(todo, reference)
 
     def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
         if not calls:

@@ -27,6 +27,7 @@ DEFAULT_CANDIDATES = ("w8a8", "w8a16", "w16a16", "fp16", "w4a8", "w4a16")
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_WORKERS = 2
 DEFAULT_PERCENTILE = 99.99
+DEFAULT_REUSE_MB = 1024
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -34,7 +35,8 @@ _IMPORT_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
 
 _TOP_KEYS = (
     "name", "model", "data", "metric", "higher_is_better", "batch_size", "target", "candidates",
-    "calibration", "workers", "pool", "threads_per_worker", "output", "tracking", "study", "cost",
+    "calibration", "workers", "pool", "threads_per_worker", "reuse_memory_mb", "output", "tracking", "study",
+    "cost",
 )
 _MODEL_KEYS = ("onnx", "torch")
 _DATA_KEYS = ("calibration", "evaluation")
@@ -94,6 +96,7 @@ class Experiment:
     tracking_artifacts: str = "all"  # "all" profiles, or only "accepted" ones (large models)
     study_storage: str | None = None  # Optuna storage URL; None: SWEEPER_STUDY_STORAGE or OUTPUT/study.db
     cost_target: str = "npu_generic"  # CostModel target (bundled name or YAML path) for est_latency_ms
+    reuse_memory_mb: int = DEFAULT_REUSE_MB  # per worker, for prefix reuse (sweeper.sim.reuse); 0 turns it off
 
 
 # ----------------------------------------------------------------------------------------------- YAML
@@ -484,6 +487,7 @@ def load_experiment(path: str | os.PathLike[str]) -> Experiment:
     workers = _int(ctx, raw, "workers", "workers", DEFAULT_WORKERS, 1)
     pool = _pool(ctx, raw)
     threads = _int(ctx, raw, "threads_per_worker", "threads_per_worker", 1, 1)
+    reuse_mb = _int(ctx, raw, "reuse_memory_mb", "reuse_memory_mb", DEFAULT_REUSE_MB, 0)
     output = _output(ctx, raw, name)
     tracking_uri, tracking_artifacts = _tracking(ctx, raw)
     study_storage = _study(ctx, raw)
@@ -493,4 +497,5 @@ def load_experiment(path: str | os.PathLike[str]) -> Experiment:
         batch_size=batch_size, max_drop=max_drop, candidates=candidates, calibration=calibration,
         workers=workers, pool=pool, threads_per_worker=threads, output=output, tracking_uri=tracking_uri,
         tracking_artifacts=tracking_artifacts, study_storage=study_storage, cost_target=cost_target,
+        reuse_memory_mb=reuse_mb,
     )

@@ -7,6 +7,7 @@ scaled to 0-255, resized to 20x20, pasted into a 28x28 frame and shifted so the 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -47,8 +48,10 @@ def make_model() -> tuple[Any, Any]:
     return net, torch.zeros(1, 1, 28, 28)
 
 
+@functools.lru_cache(maxsize=1)
 def digits_as_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """All 1797 scikit-learn digits as normalized float32 (N, 1, 28, 28) MNIST-style images, and labels."""
+    """All 1797 scikit-learn digits as normalized float32 (N, 1, 28, 28) MNIST-style images, and labels
+    (made once per process: the calibration and evaluation splits share them)."""
     from PIL import Image
     from scipy import ndimage
     from sklearn.datasets import load_digits
@@ -68,7 +71,7 @@ def digits_as_mnist() -> tuple[np.ndarray, np.ndarray]:
 
 def _split(part: slice) -> dict[str, np.ndarray]:
     images, labels = digits_as_mnist()
-    return {"input": images[part], "labels": labels[part]}
+    return {"input": images[part].copy(), "labels": labels[part].copy()}
 
 
 def calibration_data() -> dict[str, np.ndarray]:

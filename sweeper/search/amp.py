@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from sweeper.cluster.pool import measure_on_workers, render_in_background
 from sweeper.cost.bops import profile_cost
 from sweeper.pipeline import StagedOutput, Workspace
 from sweeper.quant.precision import Precision
@@ -125,29 +126,32 @@ class GreedyAMP:
 
     def search(self, sweep: Sweep, pool, state: AMPState, threshold_ok: Callable[[float], bool]  # noqa: ANN001
                ) -> Profile | None:
-        """Lowest-cost entry of the Pareto list that passes, by a parallel k-ary search over its index."""
+        """Lowest-cost entry of the Pareto list that passes: a parallel k-ary search over its index (the list
+        is taken as monotone, as AIMET's binary search takes it). Entries already evaluated (phase 1's
+        single-group profiles, the uniform profiles) narrow the range for free; each round evaluates one
+        entry per worker, evenly spaced among the entries still unknown."""
         plist = self.pareto_list
         lo, hi = 0, len(plist)  # plist[lo] passes (checked below), plist[hi:] is known to fail
         first = state.metric(plist[0])
         if first is None or not threshold_ok(first):
             return None
         while hi - lo > 1:
-            span = hi - lo - 1
-            k = min(self.workers, span)
-            probes = sorted({lo + max(1, round((i + 1) * (span + 1) / (k + 1))) for i in range(k)})
-            probes = [i for i in probes if lo < i < hi]
-            todo = {f"p2:{i}": plist[i] for i in probes if state.metric(plist[i]) is None}
-            if todo:
-                for name, ev in sweep.evaluate(pool, todo).items():
-                    state.add(ev, todo[name])
-            for i in probes:
+            for i in range(lo + 1, hi):  # what is known already
                 m = state.metric(plist[i])
-                assert m is not None
-                if threshold_ok(m):
-                    lo = max(lo, i)
-                else:
-                    hi = min(hi, i)
+                if m is None:
+                    continue
+                if not threshold_ok(m):
+                    hi = i
                     break
+                lo = i
+            unknown = [i for i in range(lo + 1, hi) if state.metric(plist[i]) is None]
+            if not unknown:
+                break
+            k = min(self.workers, len(unknown))
+            probes = sorted({unknown[round((j + 1) * (len(unknown) + 1) / (k + 1)) - 1] for j in range(k)})
+            todo = {f"p2:{i}": plist[i] for i in probes}
+            for name, ev in sweep.evaluate(pool, todo, reference=self.base_profile).items():
+                state.add(ev, todo[name])
         return plist[lo]
 
 
@@ -222,24 +226,6 @@ class OptunaAMP:
                 self.study.tell(trial, cost, state=TrialState.COMPLETE)
 
 
-def measure_latency_ms(onnx_path: Path, feeds: dict[str, np.ndarray], repeats: int = 15) -> float:
-    """Median ONNX Runtime CPU latency of one run on ``feeds`` (1 thread, default optimizations)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    sess.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
-
-
 def spearman(a: list[float], b: list[float]) -> float | None:
     if len(a) < 3:
         return None
@@ -271,6 +257,7 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
     out = StagedOutput(exp.output, "amp")
     state = AMPState()
     t_start = time.perf_counter()
+    startup0 = getattr(pool, "startup_seconds", 0.0)  # a lazy pool starting during the search: not search time
     try:
         sweep = Sweep(ws, "amp", algorithm, out.path, tracker, fresh=fresh, export=False,
                       params={"algorithm": algorithm, "cost": cost, "objective": objective, "trials": trials,
@@ -279,7 +266,7 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
         greedy = GreedyAMP(ws, candidates, cost_of, pool.size)
         if algorithm in ("greedy", "greedy+optuna"):
             p1 = greedy.phase1()
-            for name, ev in sweep.evaluate(pool, p1).items():
+            for name, ev in sweep.evaluate(pool, p1, reference=greedy.base_profile).items():
                 state.add(ev, p1[name])
             greedy.build_pareto_list(state)
             accepted_greedy = greedy.search(sweep, pool, state, ok)
@@ -320,13 +307,23 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
                 search.tell(profile, ev.metric)
             optuna_doc = {"study": name, "storage": default_storage(ws), "objective": objective,
                           "completed_trials": search.done_trials()}
-        search_seconds = time.perf_counter() - t_start
+        startup = getattr(pool, "startup_seconds", 0.0) - startup0
+        search_seconds = time.perf_counter() - t_start - startup
 
         # the answer: the cheapest passing profile evaluated (greedy's pick, Optuna's, or a uniform one)
         points = [(ev.metric if higher else -ev.metric, cost_of(p), (p, ev)) for p, ev in state.evaluated.values()]
         passing = [(c, m, item) for m, c, item in points if ok(item[1].metric)]
         accepted = min(passing, key=lambda t: (t[0], -t[1]))[2] if passing else None
         front = pareto_front(points)
+        plot_doc = {
+            "experiment": exp.name, "metric": exp.metric, "fp32_metric": ws.fp32_metric, "max_drop": exp.max_drop,
+            "algorithm": algorithm, "cost": cost, "evaluations": len(state.evaluated),
+            "all": [{"cost": cost_of(p), "metric": ev.metric} for p, ev in state.evaluated.values()],
+            "greedy": greedy_doc, "pareto_front": [{"cost": c, "metric": item[1].metric} for _, c, item in front],
+            "accepted": None if accepted is None else {"cost": cost_of(accepted[0]), "metric": accepted[1].metric,
+                                                       "profile": accepted[0].label()},
+        }
+        plot = render_in_background(pool, plot_doc, "amp_pareto")  # an idle worker draws while we export
         named = {}
         if accepted is not None:
             named["accepted"] = accepted[0]
@@ -334,8 +331,7 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
             for i, (_, _, (p, _)) in enumerate(front):
                 named.setdefault(f"front{i:02d}", p)
         exports = sweep.export_profiles(named)
-        lat_feeds = {k: ws.eval_data[k][: exp.batch_size] for k in ws.graph.input_names}
-        measured = {n: measure_latency_ms(paths[0], lat_feeds) for n, paths in exports.items()} if measure else {}
+        measured = measure_on_workers(pool, {n: paths[0] for n, paths in exports.items()}) if measure else {}
         front_doc = []
         for i, (_, c, (p, ev)) in enumerate(front):
             n = f"front{i:02d}"
@@ -361,13 +357,14 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
             "algorithm": algorithm, "cost": cost, "candidates": [c.name for c in candidates],
             "accepted": accepted_doc, "cheapest_passing_uniform": uniform_passing[0][1] if uniform_passing else None,
             "evaluations": len(state.evaluated), "search_seconds": search_seconds,
+            "pool_startup_seconds": startup,
             "pareto_front": front_doc, "latency_rank_correlation": corr,
             "greedy": greedy_doc, "optuna": optuna_doc,
             "all": [{"name": ev.name, "metric": ev.metric, "cost": cost_of(p), "profile": p.label()}
                     for p, ev in state.evaluated.values()],
         }
         write_json(out.path / "results.json", doc)
-        _plot(doc, out.path / "pareto.png", cost)
+        (out.path / "pareto.png").write_bytes(plot.result())
         sweep.flush()  # exports and records land in the staging folder before it moves
         final = out.commit()
         metrics = {"fp32_metric": ws.fp32_metric, "evaluations": float(len(state.evaluated)),
@@ -383,36 +380,3 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
         out.abort()
         raise
     return AMPReport(doc, final)
-
-
-def _plot(doc: dict[str, Any], path: Path, cost: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 5), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    pts = doc["all"]
-    ax.scatter([p["cost"] for p in pts], [p["metric"] for p in pts], s=12, color="#9aa7b8", label="evaluated")
-    if doc.get("greedy"):
-        gl = [(e["cost"], e["metric"]) for e in doc["greedy"]["pareto_list"] if e["metric"] is not None]
-        if gl:
-            ax.plot(*zip(*gl, strict=True), "o--", color="#c9822b", ms=4, lw=1, label="greedy Pareto list (evaluated)")
-    fr = doc["pareto_front"]
-    ax.plot([f["cost"] for f in fr], [f["metric"] for f in fr], "s-", color="#2b6cc9", ms=5, lw=1.5,
-            label="Pareto front")
-    thr = doc["fp32_metric"] - doc["max_drop"]
-    ax.axhline(thr, color="#c62828", ls=":", lw=1.2, label=f"target (FP32 - {doc['max_drop']})")
-    if doc["accepted"]:
-        a = doc["accepted"]
-        ax.scatter([a["cost"]], [a["metric"]], marker="*", s=220, color="#1b7a1b", zorder=5,
-                   label=f"accepted: {a['profile']}")
-    ax.set_xlabel({"bops": "BOPs relative to uniform w8a8", "bytes": "MB moved per sample",
-                   "latency": "estimated latency (ms)"}[cost])
-    ax.set_ylabel(doc["metric"])
-    ax.set_title(f"{doc['experiment']}: AMP ({doc['algorithm']}), {doc['evaluations']} evaluations")
-    lo = min([p["metric"] for p in pts] + [thr])
-    ax.set_ylim(max(lo, thr - 5 * max(doc["max_drop"], 1e-3)), None)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.savefig(path, facecolor="white")

@@ -99,7 +99,13 @@ def run_analyze(ws: Workspace, pool, tracker: Tracker | None, base: Precision,  
     try:
         sweep = Sweep(ws, "analyze", "analyzer", out.path, tracker, fresh=fresh, export=False,
                       params={"base": base.name, "ranking": ranking})
-        results = sweep.evaluate(pool, profiles)
+        # two calls, each under the reference its profiles share prefixes with (workers then run most of
+        # them from stored activations): the base for disable-one, FP32 for enable-one
+        groups_order = [g.name for g in ws.graph.groups]
+        enable = {f"enable:{g}": profiles[f"enable:{g}"] for g in reversed(groups_order)}  # latest first:
+        rest = {k: p for k, p in profiles.items() if k not in enable}  # it stores the most cuts on its way
+        results = sweep.evaluate(pool, rest, reference=profiles["base"])
+        results.update(sweep.evaluate(pool, enable, reference=Profile.uniform(groups_order, FP32)))
         names = [g.name for g in ws.graph.groups]
         tensors = [probe_tensor(ws.graph, g) for g in names]
         calls = [(profiles[f"enable:{g}"].to_json(), t) for g, t in zip(names, tensors, strict=True)]

@@ -148,14 +148,18 @@ class Sweep:
         return self._submit(ev, res.profile, res)
 
     # -- many profiles ----------------------------------------------------------------------------
-    def evaluate(self, pool: WorkerPool, profiles: dict[str, Profile]) -> dict[str, Evaluated]:
+    def evaluate(self, pool: WorkerPool, profiles: dict[str, Profile], reference: Profile | None = None
+                 ) -> dict[str, Evaluated]:
         """Evaluate named profiles (those the study already has are taken from it). Returns as soon as the
-        metrics are in; export and logging finish in the background (see :meth:`flush`)."""
+        metrics are in; export and logging finish in the background (see :meth:`flush`). ``reference``: a
+        profile most of them share a prefix with (workers then evaluate them from its stored activations)."""
         by_key: dict[str, list[str]] = {}
         for name, p in profiles.items():
             by_key.setdefault(p.key, []).append(name)
         unique = {p.key: p for p in profiles.values()}
         todo = [p for k, p in unique.items() if k not in self.done]
+        if reference is not None:  # the reference first: its worker stores its activations while evaluating it
+            todo.sort(key=lambda p: p.key != reference.key)
         bar = progress(len(unique), self.step, initial=len(unique) - len(todo))
         best: float | None = None
         try:
@@ -163,7 +167,7 @@ class Sweep:
                 if key in self.done:
                     for name in by_key[key]:
                         self._cached(name, p)
-            for res in self._results(pool, todo):
+            for res in self._results(pool, todo, reference):
                 names = by_key[res.profile.key]
                 ev = self._fresh(names[0], res)
                 for name in names[1:]:
@@ -247,9 +251,9 @@ class Sweep:
         return out
 
     @staticmethod
-    def _results(pool: WorkerPool, todo: list[Profile]) -> Iterator[Result]:
+    def _results(pool: WorkerPool, todo: list[Profile], reference: Profile | None) -> Iterator[Result]:
         if todo:
-            yield from pool.map_unordered(todo)
+            yield from (pool.map_unordered(todo) if reference is None else pool.map_unordered(todo, reference))
 
     def finish(self, metrics: dict[str, float] | None = None, artifacts: list[Path] | None = None) -> None:
         self.flush()

@@ -80,7 +80,7 @@ def run_litemp(ws: Workspace, pool, tracker: Tracker | None, base: Precision, hi
         for start in range(0, len(plan), max(pool.size, 1)):  # in order of k, a batch of workers at a time
             batch = plan[start:start + max(pool.size, 1)]
             named = {f"k{k:g}": p for k, _, p in batch}
-            results = sweep.evaluate(pool, named)
+            results = sweep.evaluate(pool, named, reference=Profile.uniform(groups, base))
             for k, flipped, _ in batch:
                 points.append(LiteMPPoint(k, flipped, results[f"k{k:g}"]))
             passing = [pt for pt in points if pt.result.meets_target]

@@ -14,6 +14,7 @@ from sweeper.quant.precision import FP32, Precision
 from sweeper.quant.profile import Profile
 
 PARENT_ATTR = "mlflow_parent_run_id"
+RECORD_ATTR = "sweeper"  # the trial's record: profile key and JSON, metric, timing, worker, MLflow run id
 
 
 def study_name(experiment: str, step: str, fingerprint: dict[str, Any]) -> str:
@@ -75,16 +76,18 @@ class SweepStudy:
 
         done: dict[str, dict[str, Any]] = {}
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            key = t.user_attrs.get("profile_key")
+            rec = t.user_attrs.get(RECORD_ATTR, t.user_attrs)  # older studies kept one attribute per field
+            key = rec.get("profile_key")
             if key:
-                done[key] = dict(t.user_attrs)
+                done[key] = dict(rec)
         return done
 
     def record(self, profile: Profile, metric: float, attrs: dict[str, Any]) -> None:
         params = {g: p.name for g, p in profile.assignment if g in self.distributions}
         trial = self._optuna.trial.create_trial(
             params=params, distributions={g: self.distributions[g] for g in params}, value=metric,
-            user_attrs={"profile_key": profile.key, "profile": profile.to_json(), **attrs},
+            # one JSON attribute (one row) rather than one per field: recording is on the driver's hot path
+            user_attrs={RECORD_ATTR: {"profile_key": profile.key, "profile": profile.to_json(), **attrs}},
         )
         self.study.add_trial(trial)
 

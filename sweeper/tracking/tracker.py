@@ -24,6 +24,8 @@ class Tracker:
     """Thin layer over MLflow used by every step (params, metrics, artifacts, tags)."""
 
     def __init__(self, experiment: str, uri: str | None = None) -> None:
+        # offline-first: no usage telemetry from a library call (set MLFLOW_DISABLE_TELEMETRY=false to allow)
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         logging.getLogger("mlflow").setLevel(logging.ERROR)
         logging.getLogger("alembic").setLevel(logging.ERROR)
         import mlflow
@@ -99,13 +101,23 @@ class Tracker:
             with tempfile.TemporaryDirectory() as tmp:
                 p = Path(tmp) / "assignment.json"
                 p.write_text(json.dumps(dict(assignment), indent=1, sort_keys=True))
-                self.client.log_artifact(rid, str(p))
+                self._log_file(rid, run.info.artifact_uri, p, None)
         for _, path in (artifacts or {}).items():
-            self.client.log_artifact(rid, str(path), artifact_path="export")
+            self._log_file(rid, run.info.artifact_uri, Path(path), "export")
         self.client.set_terminated(rid)
         if key:
             self.logged[key] = rid
         return rid
+
+    def _log_file(self, run_id: str, artifact_uri: str, path: Path, artifact_path: str | None) -> None:
+        """Log one file as an artifact of a run. A local artifact store is written through its repository
+        (no lookup of the run: this is on every profile's path); other stores go through the client."""
+        if artifact_uri.startswith("file:"):
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            get_artifact_repository(artifact_uri).log_artifact(str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
     def attach(self, profile_key: str, paths: list[Path]) -> None:
         """Add artifacts (an export chosen after the sweep) to the child run of a profile."""

@@ -65,6 +65,7 @@ def test_valid_file_loads_with_defaults(folder: Path) -> None:
     assert all(isinstance(c, Precision) for c in exp.candidates)
     assert exp.calibration == CalibrationSpec("minmax", 99.99, None, False, True, True)
     assert (exp.workers, exp.pool, exp.threads_per_worker) == (2, "ray", 1)
+    assert exp.reuse_memory_mb == 1024
     assert exp.output == (folder / "runs" / "mnist_cnn").resolve()
     assert not exp.output.exists()  # not created at load time
     assert exp.tracking_uri is None
@@ -85,7 +86,7 @@ def test_valid_file_with_every_field(folder: Path) -> None:
         "candidates": ["w8a8", "FP16"],
         "calibration": {"scheme": "percentile", "percentile": 99.9, "samples": 64, "act_symmetric": True,
                         "weight_symmetric": False, "per_channel": False},
-        "workers": 4, "pool": "local", "threads_per_worker": 2,
+        "workers": 4, "pool": "local", "threads_per_worker": 2, "reuse_memory_mb": 0,
         "output": "sub/out/deeper",
         "tracking": {"uri": "sqlite:///other.db"},
     }
@@ -96,6 +97,7 @@ def test_valid_file_with_every_field(folder: Path) -> None:
     assert exp.candidates == (Precision.parse("w8a8"), Precision.parse("fp16"))
     assert exp.calibration == CalibrationSpec("percentile", 99.9, 64, True, False, False)
     assert (exp.workers, exp.pool, exp.threads_per_worker, exp.batch_size) == (4, "local", 2, 32)
+    assert exp.reuse_memory_mb == 0
     assert exp.output == folder.resolve() / "sub" / "out" / "deeper"
     assert exp.tracking_uri == "sqlite:///other.db"
 
@@ -132,6 +134,13 @@ def test_non_numeric_max_drop(folder: Path, value: object, shown: str) -> None:
     err = fails(path)
     assert err.where == f"{path}: target.max_drop"
     assert f"found {shown}: expected a number >= 0" in err.message
+
+
+def test_negative_reuse_memory(folder: Path) -> None:
+    path = write(folder, base() | {"reuse_memory_mb": -1})
+    err = fails(path)
+    assert err.where == f"{path}: reuse_memory_mb"
+    assert "found -1" in err.message and "expected an integer >= 0" in err.message
 
 
 def test_unknown_metric(folder: Path) -> None:

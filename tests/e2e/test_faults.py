@@ -140,5 +140,5 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
     assert len(parents) == 1  # the rerun continued the same parent run
     study = optuna.load_study(study_name=optuna.get_all_study_summaries(storage)[0].study_name, storage=storage)
-    keys = [t.user_attrs["profile_key"] for t in study.trials]
+    keys = [t.user_attrs["sweeper"]["profile_key"] for t in study.trials]
     assert len(keys) == len(set(keys)) == len(ALL)

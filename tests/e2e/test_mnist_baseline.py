@@ -100,4 +100,5 @@ def test_mlflow_has_one_child_run_per_precision(baseline_run) -> None:  # noqa: 
         assert {"metric", "drop", "bops_ratio", "size_mb", "eval_seconds"} <= set(r.data.metrics)
         arts = {a.path for a in client.list_artifacts(r.info.run_id, "export")}
         assert any(a.endswith(".onnx") for a in arts) and any(a.endswith(".encodings") for a in arts)
+        assert "assignment.json" in {a.path for a in client.list_artifacts(r.info.run_id)}
         assert r.data.tags["sweeper.profile_hash"]

@@ -73,3 +73,25 @@ def test_optuna_amp_is_resumable_and_seeded(tmp_path: Path) -> None:
     assert len(seeded) >= 2
     assert again.doc["accepted"]["cost"] <= first.doc["accepted"]["cost"] + 1e-9
     ws.close()
+
+
+def test_prefix_reuse_changes_no_metric_and_does_the_work(tmp_path: Path) -> None:
+    """The same greedy AMP on a pool whose workers run profiles from the baseline's stored activations and on
+    one that runs every profile in full: every evaluated profile gets the same metric, bit for bit."""
+    docs, stats = [], []
+    for reuse in (False, True):
+        (tmp_path / f"reuse{reuse}").mkdir()
+        ws = _ws(tmp_path / f"reuse{reuse}")
+        pool = ws.pool(reuse=reuse)
+        try:
+            docs.append(run_amp(ws, pool, None, candidates=list(ws.exp.candidates), algorithm="greedy",
+                                measure=True).doc)
+            worker = pool.started().worker
+            stats.append(None if worker.reuse is None else dict(worker.reuse.stats))
+        finally:
+            pool.close()
+            ws.close()
+    plain, reused = ({e["name"]: e["metric"] for e in d["all"]} for d in docs)
+    assert plain == reused and len(plain) == docs[0]["evaluations"] >= 8
+    assert stats[0] is None and stats[1]["suffix_batches"] > 0
+    assert docs[1]["accepted"]["measured_latency_ms"] > 0  # measured by the worker

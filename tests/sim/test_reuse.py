@@ -1,0 +1,114 @@
+"""Prefix reuse: a profile run from the stored activations of a reference gives the full run's outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sweeper.quant.precision import Precision
+from sweeper.quant.profile import Profile
+from sweeper.sim.reuse import PrefixReuse
+from tests.conftest import attention_data, attention_model, cnn_data, cnn_model
+
+
+def _batches(data: dict[str, np.ndarray], names: list[str], size: int = 8) -> list[dict[str, np.ndarray]]:
+    n = len(next(iter(data.values())))
+    return [{k: data[k][i:i + size] for k in names} for i in range(0, n, size)]
+
+
+def _outputs(run, batches):  # noqa: ANN001, ANN202
+    return [run(b) for b in batches]
+
+
+def _reuse(graph, sim, data, memory_mb: float = 64.0) -> PrefixReuse:  # noqa: ANN001
+    from sweeper.quant import calibration
+
+    shapes = calibration.collect(graph.model, graph.activations, [n.output[0] for n in graph.nodes],
+                                 data, graph.input_names, batch_size=8).shapes
+    reuse = PrefixReuse(sim, shapes, len(next(iter(data.values()))), memory_mb)
+    reuse.build(warmup=_batches(data, graph.input_names)[0])
+    return reuse
+
+
+def _cnn_setup(build_sim):  # noqa: ANN001, ANN202
+    """The tiny CNN's sim with prefix reuse under a uniform w8a8 reference, and its data in batches."""
+    data = cnn_data(32)
+    graph, _, sim = build_sim(cnn_model(), data)
+    reuse = _reuse(graph, sim, data)
+    groups = [g.name for g in graph.groups]
+    base = Profile.uniform(groups, Precision.parse("w8a8"))
+    reuse.set_reference(base)
+    return graph, sim, reuse, groups, base, _batches(data, graph.input_names)
+
+
+def _evaluate(reuse: PrefixReuse, profile: Profile, batches):  # noqa: ANN001, ANN202
+    run = reuse.run_fn(profile)
+    outs = _outputs(run, batches)
+    reuse.finish_run()
+    return outs
+
+
+@pytest.mark.parametrize("which", ["cnn", "attention"])
+def test_suffix_runs_give_exactly_the_full_run_outputs(build_sim, which: str) -> None:  # noqa: ANN001
+    model, data = (cnn_model(), cnn_data(32)) if which == "cnn" else (attention_model(), attention_data(32))
+    graph, _, sim = build_sim(model, data)
+    reuse = _reuse(graph, sim, data)
+    assert reuse.cuts, "the example has cut points"
+    groups = [g.name for g in graph.groups]
+    base = Profile.uniform(groups, Precision.parse("w8a16"))
+    batches = _batches(data, graph.input_names)
+    reuse.set_reference(base)
+    _evaluate(reuse, base, batches)  # the reference stores every cut
+    assert all(c.complete for c in reuse.cuts)
+    for g in groups:
+        for c in ("w4a4", "w2a8", "fp16"):
+            p = base.with_groups({g: Precision.parse(c)})
+            got = _evaluate(reuse, p, batches)
+            sim.apply(p)
+            want = _outputs(sim.run, batches)
+            for a, b in zip(got, want, strict=True):
+                for x, y in zip(a, b, strict=True):
+                    assert np.array_equal(x, y), (g, c)
+    assert reuse.stats["suffix_batches"] > 0  # the later groups really ran from the store
+    assert reuse.stats["captures"] == 1  # and no profile needed a second full run to store anything
+
+
+def test_full_runs_store_the_prefix_they_share_and_first_change_picks_the_cut(build_sim) -> None:  # noqa: ANN001
+    graph, sim, reuse, groups, base, batches = _cnn_setup(build_sim)
+    last = base.with_groups({groups[-1]: Precision.parse("w4a4")})
+    _evaluate(reuse, last, batches)  # not the reference, but it shares the prefix up to the last group
+    assert reuse.stats["captures"] == 1 and reuse.stats["suffix_batches"] == 0
+    assert all(c.complete for c in reuse.cuts)
+    _evaluate(reuse, base.with_groups({groups[-1]: Precision.parse("fp16")}), batches)
+    assert reuse.stats["suffix_batches"] == len(batches)
+    first = base.with_groups({groups[0]: Precision.parse("w4a4")})  # changes the input quantizer: no prefix
+    before = dict(reuse.stats)
+    _evaluate(reuse, first, batches)
+    assert reuse.stats["suffix_batches"] == before["suffix_batches"]
+
+
+def test_other_data_and_a_new_reference_never_use_stale_tensors(build_sim) -> None:  # noqa: ANN001
+    graph, sim, reuse, groups, base, batches = _cnn_setup(build_sim)
+    _evaluate(reuse, base, batches)
+    p = base.with_groups({groups[-1]: Precision.parse("w4a4")})
+    other = _batches(cnn_data(16, seed=7), graph.input_names)  # inputs the reference never ran on
+    got = _evaluate(reuse, p, other)
+    sim.apply(p)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(got, _outputs(sim.run, other), strict=True))
+    assert reuse.stats["full_batches"] == len(other)
+    reuse.set_reference(Profile.uniform(groups, Precision.parse("w4a8")))  # the store belongs to the old one
+    assert not any(c.complete for c in reuse.cuts)
+    got = _evaluate(reuse, p, batches)
+    sim.apply(p)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(got, _outputs(sim.run, batches), strict=True))
+
+
+def test_memory_budget_bounds_the_store(build_sim) -> None:  # noqa: ANN001
+    data = cnn_data(32)
+    graph, _, sim = build_sim(cnn_model(), data)
+    assert not _reuse(graph, sim, data, memory_mb=1e-6).cuts  # nothing fits: every run is a full run
+    roomy = _reuse(graph, sim, data, memory_mb=64)
+    roomy.budget = 1.0  # the real tensors exceed the budget: cuts are dropped while storing
+    roomy.set_reference(Profile.uniform([g.name for g in graph.groups], Precision.parse("w8a8")))
+    _evaluate(roomy, roomy.reference, _batches(data, graph.input_names))
+    assert not roomy.cuts
