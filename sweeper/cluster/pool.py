@@ -71,6 +71,7 @@ class SimWorker:
         self._probe: QuantSim | None = None
         self._probe_ref: dict[str, np.ndarray] = {}
         self.reuse = None
+        self._shared_for: str | None = None
         if spec.reuse_mb > 0:
             from sweeper.sim.reuse import PrefixReuse
 
@@ -88,24 +89,52 @@ class SimWorker:
     def _first_batch(self) -> dict[str, np.ndarray]:
         return {k: self.data[k][: self.spec.batch_size] for k in self.spec.input_names}
 
-    def evaluate(self, profile_json: dict[str, str], reference_json: dict[str, str] | None = None
-                 ) -> tuple[dict[str, str], float, float, str, str]:
+    def evaluate(self, profile_json: dict[str, str], reference_json: dict[str, str] | None = None,
+                 store: list[Any] | None = None) -> tuple[dict[str, str], float, float, str, str, Any]:
         """The metric of a profile. With a ``reference`` profile (one most profiles of the call share a
-        prefix with), the worker runs the reference once and later profiles from its stored activations."""
+        prefix with), later profiles run from the reference's stored activations (sweeper.sim.reuse).
+        ``store``: another worker's complete store for that reference, to take instead of computing it.
+        Returns (profile, metric, seconds, worker, node, this worker's store when it has just completed it)."""
         profile = Profile.from_json(profile_json)
         t0 = time.perf_counter()
-        metric = self._metric(profile, None if reference_json is None else Profile.from_json(reference_json))
-        return profile_json, metric, time.perf_counter() - t0, self.name, self.node_id()
+        reference = None if reference_json is None else Profile.from_json(reference_json)
+        metric = self._metric(profile, reference, store)
+        return profile_json, metric, time.perf_counter() - t0, self.name, self.node_id(), self._published()
 
-    def _metric(self, profile: Profile, reference: Profile | None) -> float:
+    def _metric(self, profile: Profile, reference: Profile | None, store: list[Any] | None) -> float:
         reuse = self.reuse
         if reuse is None or reference is None or not reuse.cuts:
             self.sim.apply(profile)
             return float(self.evaluator.evaluate(self.sim.run, self.data, self.reference))
         reuse.set_reference(reference)
+        if store and not reuse.complete():
+            payload = self._fetch(store)
+            if payload is not None and reuse.install(payload):
+                reuse.stats["installed"] = reuse.stats.get("installed", 0) + 1
         metric = float(self.evaluator.evaluate(reuse.run_fn(profile), self.data, self.reference))
         reuse.finish_run()
         return metric
+
+    def reuse_stats(self) -> dict[str, int]:
+        """Counters of prefix reuse on this worker (captures, suffix and full batches, stores installed)."""
+        return {} if self.reuse is None else dict(self.reuse.stats)
+
+    def _published(self) -> Any:
+        """A handle other workers can fetch this worker's complete store with (once per reference)."""
+        reuse = self.reuse
+        if reuse is None or not reuse.complete() or reuse.reference is None:
+            return None
+        if self._shared_for == reuse.reference.key:
+            return None
+        self._shared_for = reuse.reference.key
+        payload = reuse.export()
+        return None if payload is None else self._share(payload)
+
+    def _share(self, payload: dict[str, Any]) -> Any:  # in one process there is nobody to share with
+        return None
+
+    def _fetch(self, store: list[Any]) -> dict[str, Any] | None:
+        return None
 
     def _probe_sim(self) -> QuantSim:
         """A second simulation exposing every group's layer output, with its FP32 reference values."""
@@ -227,7 +256,7 @@ class InProcessPool:
     def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None) -> Iterator[Result]:
         ref = None if reference is None else reference.to_json()
         for _, out in self.map_calls("evaluate", [(p.to_json(), ref) for p in profiles]):
-            pj, metric, secs, name, node = out
+            pj, metric, secs, name, node, _ = out
             yield Result(Profile.from_json(pj), metric, secs, name, node)
 
     def close(self) -> None:
@@ -354,9 +383,20 @@ class RayPool:
                 yield tag, out
 
     def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None) -> Iterator[Result]:
+        """Evaluate profiles (two calls in flight per worker). Under a ``reference``, the first worker that
+        completes the reference's store publishes it and later calls hand it to the others."""
         ref = None if reference is None else reference.to_json()
-        for _, out in self.map_calls("evaluate", [(p.to_json(), ref) for p in profiles]):
-            pj, metric, secs, name, node = out
+        it = iter(profiles)
+        shared: list[Any] = []
+
+        def next_call() -> tuple[Any, tuple[Any, ...]] | None:
+            p = next(it, None)
+            return None if p is None else (None, (p.to_json(), ref, shared[:1] or None))
+
+        for _, out in self.map_dynamic("evaluate", next_call, depth=2):
+            pj, metric, secs, name, node, store = out
+            if store is not None and not shared:
+                shared.extend(store)
             yield Result(Profile.from_json(pj), metric, secs, name, node)
 
     def close(self) -> None:
@@ -375,6 +415,19 @@ class _RaySimWorker(SimWorker):
         import ray
 
         self._node = ray.get_runtime_context().get_node_id()
+
+    def _share(self, payload: dict[str, Any]) -> Any:
+        import ray
+
+        return [ray.put(payload)]  # in a list: the driver passes it on without fetching it
+
+    def _fetch(self, store: list[Any]) -> dict[str, Any] | None:
+        import ray
+
+        try:
+            return ray.get(store[0], timeout=60)
+        except Exception:  # noqa: BLE001 - its owner died: compute the store here instead
+            return None
 
     def node_id(self) -> str:
         return self._node

@@ -77,8 +77,7 @@ class Sweep:
         fingerprint = {"model": str(exp.model), "data": str(exp.data), "metric": exp.metric,
                        "calibration": str(exp.calibration), "batch_size": exp.batch_size}
         groups = [g.name for g in ws.graph.groups]
-        self.study = SweepStudy(default_storage(ws), study_name(exp.name, step, fingerprint), groups,
-                                list(exp.candidates), fresh=fresh)
+        self.study = SweepStudy(default_storage(ws), study_name(exp.name, step, fingerprint), fresh=fresh)
         self.done = self.study.completed()
         if tracker is not None:
             base = {"step": step, "strategy": strategy, "calibration_scheme": exp.calibration.scheme,
@@ -206,7 +205,7 @@ class Sweep:
                     produced = True
                     while ready:
                         yield ready.pop(0)
-                    _, metric, secs, worker, node = out
+                    _, metric, secs, worker, node, _ = out
                     ev = self._fresh(name, Result(p, metric, secs, worker, node))
                     if bar is not None:
                         bar.update(1)

@@ -7,10 +7,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from sweeper.quant.precision import FP32, Precision
 from sweeper.quant.profile import Profile
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -46,29 +44,28 @@ def open_storage(url: str, attempts: int = 6) -> Any:
 
 
 class SweepStudy:
-    """An Optuna study whose trials are evaluated profiles (one categorical parameter per group)."""
+    """An Optuna study whose completed trials are the evaluated profiles of a step: the value is the metric,
+    one JSON user attribute holds the record (profile key and assignment, metric, timing, worker, MLflow run).
 
-    def __init__(self, storage: str, name: str, groups: Sequence[str], precisions: Sequence[Precision],
-                 fresh: bool = False) -> None:
+    Trials carry no per-group parameters: recording is on the driver's hot path and Optuna writes one row
+    (and a compatibility query) per parameter, 93 of them per trial on MiniLM. Searches that sample per-group
+    precisions (sweeper.search.amp.OptunaAMP) keep their own study with the parameters."""
+
+    def __init__(self, storage: str, name: str, fresh: bool = False) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("optuna").setLevel(logging.WARNING)
         self._optuna = optuna
+        rdb = open_storage(storage)
         if fresh:
             try:
-                optuna.delete_study(study_name=name, storage=open_storage(storage))
+                optuna.delete_study(study_name=name, storage=rdb)
             except KeyError:
                 pass
         self.storage = storage
         self.name = name
-        self.study = optuna.create_study(study_name=name, storage=open_storage(storage), load_if_exists=True,
-                                         direction="maximize")
-        # one fixed choice set for every study (Optuna requires the same choices across trials)
-        bits = (2, 4, 8, 16, 32)
-        every = [FP32.name, "fp16", *(f"w{w}a{a}" for w in bits for a in bits if (w, a) != (32, 32))]
-        choices = tuple(dict.fromkeys([*every, *(p.name for p in precisions)]))
-        self.distributions = {g: optuna.distributions.CategoricalDistribution(choices) for g in groups}
+        self.study = optuna.create_study(study_name=name, storage=rdb, load_if_exists=True, direction="maximize")
 
     def completed(self) -> dict[str, dict[str, Any]]:
         """profile key -> the record stored with its trial."""
@@ -83,10 +80,8 @@ class SweepStudy:
         return done
 
     def record(self, profile: Profile, metric: float, attrs: dict[str, Any]) -> None:
-        params = {g: p.name for g, p in profile.assignment if g in self.distributions}
         trial = self._optuna.trial.create_trial(
-            params=params, distributions={g: self.distributions[g] for g in params}, value=metric,
-            # one JSON attribute (one row) rather than one per field: recording is on the driver's hot path
+            value=metric,  # one JSON attribute (one row) rather than one per field
             user_attrs={RECORD_ATTR: {"profile_key": profile.key, "profile": profile.to_json(), **attrs}},
         )
         self.study.add_trial(trial)

@@ -249,6 +249,33 @@ class PrefixReuse:
         for cut in self.cuts:
             cut.complete = False
 
+    def complete(self) -> bool:
+        """Every cut is stored for the current reference (the store can be shared with other workers)."""
+        return self.reference is not None and bool(self.cuts) and all(c.complete for c in self.cuts)
+
+    def export(self) -> dict[str, Any] | None:
+        """The complete store, for another worker with the same simulation (see :meth:`install`)."""
+        if not self.complete():
+            return None
+        assert self.reference is not None
+        return {"reference": self.reference.key, "cuts": [c.index for c in self.cuts],
+                "batches": [(b.inputs, b.tensors) for b in self._batches]}
+
+    def install(self, payload: Mapping[str, Any]) -> bool:
+        """Take another worker's complete store for the current reference (instead of computing it)."""
+        if self.reference is None or payload.get("reference") != self.reference.key:
+            return False
+        have = {c.index: c for c in self.cuts}
+        cuts = [have[i] for i in payload["cuts"] if i in have]
+        if not cuts:
+            return False
+        keep = set(self._store_names(cuts))
+        self._batches = [_Batch(dict(inputs), {t: v for t, v in tensors.items() if t in keep})
+                         for inputs, tensors in payload["batches"]]
+        for c in self.cuts:
+            c.complete = c in cuts
+        return True
+
     def _first_change(self, profile: Profile) -> int | None:
         """Index of the first node whose inputs differ from the reference's (None: no difference)."""
         feeds = self.sim.feeds_for(profile)

@@ -34,11 +34,11 @@ def test_sweep_study_resumes_from_storage(tmp_path: Path) -> None:
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     w8a8 = Precision.parse("w8a8")
-    first = SweepStudy(url, "e/baseline/x", ["g0", "g1"], [w8a8])
+    first = SweepStudy(url, "e/baseline/x")
     profile = Profile.uniform(["g0", "g1"], w8a8)
     first.record(profile, 0.9, {"bops_ratio": 1.0})
-    again = SweepStudy(url, "e/baseline/x", ["g0", "g1"], [w8a8])
+    again = SweepStudy(url, "e/baseline/x")
     assert list(again.completed()) == [profile.key]
     assert again.completed()[profile.key]["bops_ratio"] == 1.0
-    fresh = SweepStudy(url, "e/baseline/x", ["g0", "g1"], [w8a8], fresh=True)
+    fresh = SweepStudy(url, "e/baseline/x", fresh=True)
     assert fresh.completed() == {}

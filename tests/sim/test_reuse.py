@@ -112,3 +112,22 @@ def test_memory_budget_bounds_the_store(build_sim) -> None:  # noqa: ANN001
     roomy.set_reference(Profile.uniform([g.name for g in graph.groups], Precision.parse("w8a8")))
     _evaluate(roomy, roomy.reference, _batches(data, graph.input_names))
     assert not roomy.cuts
+
+
+def test_a_complete_store_moves_to_another_worker(build_sim) -> None:  # noqa: ANN001
+    """What one worker stored under the reference, another takes instead of computing it (Ray hands it over
+    through the object store); a store for another reference is refused."""
+    graph, sim, reuse, groups, base, batches = _cnn_setup(build_sim)
+    assert reuse.export() is None  # nothing complete yet
+    _evaluate(reuse, base, batches)
+    payload = reuse.export()
+    assert payload is not None and payload["reference"] == base.key
+    _, sim2, other, _, _, _ = _cnn_setup(build_sim)
+    p = base.with_groups({groups[-1]: Precision.parse("w2a8")})
+    stranger = dict(payload, reference=Profile.uniform(groups, Precision.parse("w4a4")).key)
+    assert not other.install(stranger) and not other.complete()
+    assert other.install(payload) and other.complete()
+    got = _evaluate(other, p, batches)
+    assert other.stats["captures"] == 0 and other.stats["suffix_batches"] == len(batches)
+    sim2.apply(p)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(got, _outputs(sim2.run, batches), strict=True))
