@@ -314,6 +314,7 @@ class PrefixReuse:
         """A full run (capture session) storing the tensors of ``todo``'s cuts for every batch."""
         names = [o.name for o in self._capture_session.get_outputs()]
         store = self._store_names(todo)
+        graph_outputs = set(self.output_names)
         bound = self.sim.bound
         counter = iter(range(10 ** 12))
         seen: list[int] = []
@@ -326,7 +327,9 @@ class PrefixReuse:
             if i is None:
                 self._batches.append(_Batch({k: np.array(v, copy=True) for k, v in feeds.items()}))
                 i = len(self._batches) - 1
-            self._batches[i].tensors.update({t: outs[t] for t in store})
+            # graph outputs are handed to the evaluator too: store copies, so a metric that edits its
+            # inputs in place cannot change what later profiles get
+            self._batches[i].tensors.update({t: outs[t].copy() if t in graph_outputs else outs[t] for t in store})
             seen.append(i)
             self._check_budget()
             return [outs[o] for o in self.output_names]
@@ -351,7 +354,7 @@ class PrefixReuse:
             sfeeds.update({t: batch.tensors[t] for t in cut.frontier})
             outs = dict(zip(suffix_outputs, cut.session.run(None, sfeeds), strict=True))
             self.stats["suffix_batches"] += 1
-            return [outs[o] if o in outs else batch.tensors[o] for o in self.output_names]
+            return [outs[o] if o in outs else batch.tensors[o].copy() for o in self.output_names]
 
         return run
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from sweeper.quant.precision import Precision
@@ -131,3 +132,44 @@ def test_a_complete_store_moves_to_another_worker(build_sim) -> None:  # noqa: A
     assert other.stats["captures"] == 0 and other.stats["suffix_batches"] == len(batches)
     sim2.apply(p)
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(got, _outputs(sim2.run, batches), strict=True))
+
+
+def _two_output_mlp() -> onnx.ModelProto:
+    """x -> fc1 -> Relu -> h (an output too) -> fc2 -> Relu -> fc3 -> y: ``h`` is computed before later cuts."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.4).astype(np.float32), n)
+             for n, s in (("w1", (8, 8)), ("b1", (8,)), ("w2", (8, 8)), ("b2", (8,)), ("w3", (4, 8)), ("b3", (4,)))]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["g1"], transB=1, name="fc1"),
+             helper.make_node("Relu", ["g1"], ["h"], name="r1"),
+             helper.make_node("Gemm", ["h", "w2", "b2"], ["g2"], transB=1, name="fc2"),
+             helper.make_node("Relu", ["g2"], ["h2"], name="r2"),
+             helper.make_node("Gemm", ["h2", "w3", "b3"], ["y"], transB=1, name="fc3")]
+    graph = helper.make_graph(nodes, "two_outputs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["n", 8]),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_outputs_computed_before_the_cut_come_from_the_store_and_stay_intact(build_sim) -> None:  # noqa: ANN001
+    data = {"x": np.random.default_rng(2).standard_normal((32, 8)).astype(np.float32)}
+    graph, _, sim = build_sim(_two_output_mlp(), data)
+    reuse = _reuse(graph, sim, data)
+    assert any(c.early_outputs for c in reuse.cuts)  # some cut lies after the output h
+    groups = [g.name for g in graph.groups]
+    base = Profile.uniform(groups, Precision.parse("w8a8"))
+    batches = _batches(data, graph.input_names)
+    reuse.set_reference(base)
+    _evaluate(reuse, base, batches)
+    p = base.with_groups({groups[-1]: Precision.parse("w2a8")})
+    for _ in range(2):  # the second time sees what a careless metric did to the first results
+        run = reuse.run_fn(p)
+        got = [run(b) for b in batches]
+        reuse.finish_run()
+        sim.apply(p)
+        want = _outputs(sim.run, batches)
+        assert all(np.array_equal(x, y) for a, b in zip(got, want, strict=True) for x, y in zip(a, b, strict=True))
+        for outs in got:
+            outs[0] *= 0  # a metric that edits its inputs in place
+    assert reuse.stats["suffix_batches"] == 2 * len(batches)
