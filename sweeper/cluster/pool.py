@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -111,6 +112,7 @@ class SimWorker:
             payload = self._fetch(store)
             if payload is not None and reuse.install(payload):
                 reuse.stats["installed"] = reuse.stats.get("installed", 0) + 1
+                self._shared_for = reference.key  # taken from another worker: nothing new to publish
         metric = float(self.evaluator.evaluate(reuse.run_fn(profile), self.data, self.reference))
         reuse.finish_run()
         return metric
@@ -316,6 +318,8 @@ class RayPool:
         self._spec_ref = ray.put(spec)  # one copy in the object store, shared by every actor
         self._actor_cls = ray.remote(num_cpus=spec.threads)(_RaySimWorker)
         self._made = 0
+        self._lock = threading.Lock()
+        self._successor: dict[int, Any] = {}
         self.actors = [self._new_actor() for _ in range(workers)]
         self.size = workers
         self.replaced = 0
@@ -325,9 +329,36 @@ class RayPool:
         self._made += 1
         return actor
 
+    def _replace(self, actor: Any) -> Any:
+        """The live replacement of a dead actor (made here if nobody did yet); None once the pool is closed."""
+        with self._lock:
+            if any(a is actor for a in self.actors):
+                replacement = self._new_actor()
+                self._successor[id(actor)] = replacement
+                self.actors = [replacement if a is actor else a for a in self.actors]
+                self.replaced += 1
+                return replacement
+            successor = self._successor.get(id(actor))
+            return successor if any(a is successor for a in self.actors) else None
+
     def wait_ready(self) -> None:
-        """Block until every actor is constructed (its QuantSim built)."""
-        self._ray.get([a.pid.remote() for a in self.actors])
+        """Block until every actor is constructed (its QuantSim built); an actor that dies while starting
+        is replaced once, a second failure is an error."""
+        from ray.exceptions import RayActorError
+
+        for attempt in range(2):
+            dead = []
+            for actor in list(self.actors):
+                try:
+                    self._ray.get(actor.pid.remote())
+                except RayActorError as exc:
+                    dead.append((actor, exc))
+            if not dead:
+                return
+            if attempt == 1:
+                raise RuntimeError(f"{len(dead)} of {len(self.actors)} workers could not start: {dead[0][1]}")
+            for actor, _ in dead:
+                self._replace(actor)
 
     def worker_pids(self) -> list[int]:
         return list(self._ray.get([a.pid.remote() for a in self.actors]))
@@ -362,6 +393,8 @@ class RayPool:
             if not running:
                 if exhausted and not retry:
                     return
+                if retry and not slots:
+                    raise RuntimeError("no worker left in the pool (closed, or died without a replacement)")
                 exhausted = False  # the producer may have more now (e.g. after a result was told)
                 continue
             done, _ = ray.wait(list(running), num_returns=1)
@@ -370,13 +403,13 @@ class RayPool:
                 try:
                     out = ray.get(ref)
                 except (RayActorError, ActorDiedError, ActorUnavailableError):
-                    # the worker died: replace it (once) and run its calls again
+                    # the worker died: replace it (once, whichever thread sees it first) and run its calls again
                     retry.append((tag, args))
-                    if any(a is actor for a in self.actors):
-                        replacement = self._new_actor()
-                        self.actors = [replacement if a is actor else a for a in self.actors]
-                        self.replaced += 1
-                        slots = [a for a in slots if a is not actor] + [replacement] * depth
+                    slots = [a for a in slots if a is not actor]
+                    replacement = self._replace(actor)
+                    if replacement is not None and all(a is not replacement for a in slots) and all(
+                            a is not replacement for a, _, _ in running.values()):
+                        slots.extend([replacement] * depth)
                     continue
                 slots.append(actor)
                 exhausted = False
@@ -395,8 +428,8 @@ class RayPool:
 
         for _, out in self.map_dynamic("evaluate", next_call, depth=2):
             pj, metric, secs, name, node, store = out
-            if store is not None and not shared:
-                shared.extend(store)
+            if store is not None:  # the newest one: its owner is alive
+                shared[:] = store
             yield Result(Profile.from_json(pj), metric, secs, name, node)
 
     def close(self) -> None:
@@ -405,7 +438,8 @@ class RayPool:
                 self._ray.kill(a)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        self.actors = []
+        with self._lock:
+            self.actors = []
         self._runtime.__exit__()
 
 
@@ -448,7 +482,11 @@ class LazyPool:
                 self.pool = InProcessPool(self.spec)
             else:
                 pool = RayPool(self.spec, self.size, self.address)
-                pool.wait_ready()
+                try:
+                    pool.wait_ready()
+                except BaseException:
+                    pool.close()  # its actors, and the runtime if it started one
+                    raise
                 self.pool = pool
             self.startup_seconds += time.perf_counter() - t0
         return self.pool

@@ -9,12 +9,18 @@ later profile with a *suffix* session that starts at the last cut before its fir
 
 The suffix session runs the same nodes on the same values; the metric is the one a full run gives (tested
 bit for bit on the example). Cuts are chosen to skip the most MACs for the profiles that change one group,
-within a memory budget per worker (the stored tensors of every evaluation batch).
+within a memory budget per worker: the stored tensors of every evaluation batch plus the extra sessions
+(measured when they are built; the earliest cuts, which save the least, go first when it is exceeded).
+
+A full run of any profile stores, on the way, the cuts its prefix shares with the reference, so no run is
+spent on storing alone; a complete store can be handed to other workers (:meth:`PrefixReuse.export`,
+:meth:`PrefixReuse.install`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +50,32 @@ def _refs(node: onnx.NodeProto) -> set[str]:
             for n in g.node:
                 names |= _refs(n)
     return names
+
+
+def _resident_bytes() -> int | None:
+    """This process's resident memory (Linux), to measure what a session takes; None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    if t.raw_data:
+        return len(t.raw_data)
+    return int(np.prod(t.dims)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+
+def _subgraph_bytes(node: onnx.NodeProto) -> int:
+    """Bytes of the constants inside ``node``'s subgraphs (a layer's per-precision weights)."""
+    total = 0
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            total += sum(_tensor_bytes(t) for t in g.initializer)
+            total += sum(_subgraph_bytes(n) for n in g.node)
+    return total
 
 
 @dataclass
@@ -92,7 +124,19 @@ class PrefixReuse:
         self._suffix_reads: list[set[str]] = [set() for _ in range(len(self.nodes) + 1)]
         for i in range(len(self.nodes) - 1, -1, -1):
             self._suffix_reads[i] = self._suffix_reads[i + 1] | uses[i]
+        self._shapes = dict(shapes)
+        self._measured: dict[int, float] = {}  # session memory measured at build: -1 capture, else cut index
         self._weights = self._node_macs(shapes)
+        # weight bytes each top-level node brings into a session (outer initializers at their first reader):
+        # the capture session holds them all, a suffix session those from its cut on
+        inits = {t.name: _tensor_bytes(t) for t in model.graph.initializer}
+        claimed: set[str] = set()
+        self._node_bytes = []
+        for n, names in zip(self.nodes, uses, strict=True):
+            outer = [t for t in names if t in inits and t not in claimed]
+            claimed.update(outer)
+            self._node_bytes.append(_subgraph_bytes(n) + sum(inits[t] for t in outer))
+        self._suffix_bytes = np.concatenate([np.cumsum(self._node_bytes[::-1])[::-1], [0]]).astype(float)
         self.cuts: list[Cut] = self._plan(shapes)
         self.reference: Profile | None = None
         self._ref_feeds: dict[str, np.ndarray] = {}
@@ -130,6 +174,15 @@ class PrefixReuse:
             if group is not None and name in self.first_use:
                 out[group] = min(out.get(group, len(self.nodes)), self.first_use[name])
         return out
+
+    def session_bytes(self, cuts: Sequence[int] | None = None) -> float:
+        """Memory of the extra sessions: the capture session plus one suffix session per cut; measured when
+        they were built (weights, prepacked kernels, ONNX Runtime's arena), else their weight bytes."""
+        idx = [c.index for c in self.cuts] if cuts is None else list(cuts)
+        if not idx:
+            return 0.0
+        return float(self._measured.get(-1, self._suffix_bytes[0])
+                     + sum(self._measured.get(i, self._suffix_bytes[i]) for i in idx))
 
     def frontier(self, index: int) -> tuple[str, ...]:
         return tuple(sorted(t for t in self._suffix_reads[index] if self.produced.get(t, len(self.nodes)) < index))
@@ -175,6 +228,7 @@ class PrefixReuse:
                     continue
                 extra = [t for t in frontiers[p] if t not in stored]
                 need = self._bytes_per_sample([*stored, *extra], shapes) * self.samples
+                need += self.session_bytes([*chosen, p])  # the sessions' weights count too
                 if need > self.budget:
                     continue
                 gain = value([*chosen, p]) - current
@@ -220,23 +274,39 @@ class PrefixReuse:
 
     def build(self, warmup: Mapping[str, np.ndarray] | None = None) -> None:
         """Create the capture session and one suffix session per cut (once, at worker start-up). With a
-        ``warmup`` batch, each session runs once (ONNX Runtime's first run sets up its memory)."""
+        ``warmup`` batch, each session runs once (ONNX Runtime's first run sets up its memory arena) and the
+        memory each one takes is measured; cuts whose sessions do not fit the budget are dropped."""
         if not self.cuts or self._capture_session is not None:
             return
+        before = _resident_bytes()
         self._capture_session = self._session(self._capture_model())
         outs = self._capture_session.get_outputs()
         types = {o.name: _ORT_TYPES.get(o.type, onnx.TensorProto.FLOAT) for o in outs}
+        feeds: dict[str, np.ndarray] = {}
+        values: dict[str, np.ndarray] = {}
+        if warmup is not None:
+            warm = Profile.uniform([g.name for g in self.sim.graph.groups], self.sim.precisions[-1])
+            feeds = {**self.sim.feeds_for(warm), **warmup}
+            values = dict(zip([o.name for o in outs], self._capture_session.run(None, feeds), strict=True))
+        after = _resident_bytes()
+        if before is not None and after is not None:
+            self._measured[-1] = float(max(0, after - before))
         for cut in self.cuts:
+            before = _resident_bytes()
             cut.session = self._session(self._suffix_model(cut, types))
             cut.session_inputs = frozenset(i.name for i in cut.session.get_inputs())
-        if warmup is None:
-            return
-        warm = Profile.uniform([g.name for g in self.sim.graph.groups], self.sim.precisions[-1])
-        feeds = {**self.sim.feeds_for(warm), **warmup}
-        values = dict(zip([o.name for o in outs], self._capture_session.run(None, feeds), strict=True))
-        for cut in self.cuts:
-            need = cut.session_inputs
-            cut.session.run(None, {k: v for k, v in {**feeds, **values}.items() if k in need})
+            if warmup is not None:
+                cut.session.run(None, {k: v for k, v in {**feeds, **values}.items() if k in cut.session_inputs})
+            after = _resident_bytes()
+            if before is not None and after is not None:
+                self._measured[cut.index] = float(max(0, after - before))
+        del values
+        planned = self._bytes_per_sample(self._store_names(self.cuts), self._shapes) * self.samples
+        while self.cuts and planned + self.session_bytes() > self.budget:
+            self.cuts.pop(0).session = None  # the earliest cut saves the least
+            planned = self._bytes_per_sample(self._store_names(self.cuts), self._shapes) * self.samples
+        if not self.cuts:
+            self._capture_session = None
 
     # -- the reference ----------------------------------------------------------------------------
     def set_reference(self, reference: Profile) -> None:
@@ -313,7 +383,6 @@ class PrefixReuse:
     def _capturing_run(self, todo: list[Cut]) -> RunFn:
         """A full run (capture session) storing the tensors of ``todo``'s cuts for every batch."""
         names = [o.name for o in self._capture_session.get_outputs()]
-        store = self._store_names(todo)
         graph_outputs = set(self.output_names)
         bound = self.sim.bound
         counter = iter(range(10 ** 12))
@@ -327,6 +396,10 @@ class PrefixReuse:
             if i is None:
                 self._batches.append(_Batch({k: np.array(v, copy=True) for k, v in feeds.items()}))
                 i = len(self._batches) - 1
+                for cut in self.cuts:  # a batch the complete cuts lack: no longer complete
+                    if cut not in todo:
+                        cut.complete = False
+            store = self._store_names([c for c in todo if c in self.cuts])  # the budget may drop cuts
             # graph outputs are handed to the evaluator too: store copies, so a metric that edits its
             # inputs in place cannot change what later profiles get
             self._batches[i].tensors.update({t: outs[t].copy() if t in graph_outputs else outs[t] for t in store})
@@ -350,6 +423,9 @@ class PrefixReuse:
                 self.stats["full_batches"] += 1
                 return self.sim.run(feeds)
             batch = self._batches[i]
+            if any(t not in batch.tensors for t in cut.frontier):  # never stored for this batch
+                self.stats["full_batches"] += 1
+                return self.sim.run(feeds)
             sfeeds = {**control, **{k: v for k, v in feeds.items() if k in need}}
             sfeeds.update({t: batch.tensors[t] for t in cut.frontier})
             outs = dict(zip(suffix_outputs, cut.session.run(None, sfeeds), strict=True))
@@ -365,14 +441,15 @@ class PrefixReuse:
             return
         rows = len(next(iter(self._batches[0].inputs.values()))) if self._batches[0].inputs else 1
         batches = math.ceil(self.samples / max(1, rows))
-        while self.cuts:
+        while True:
+            keep = set(self._store_names(self.cuts))
+            for b in self._batches:  # nothing of a dropped cut stays
+                if any(t not in keep for t in b.tensors):
+                    b.tensors = {t: v for t, v in b.tensors.items() if t in keep}
             per = max(sum(v.nbytes for v in b.tensors.values()) for b in self._batches)
-            if per * batches <= self.budget:
+            if not self.cuts or per * batches <= self.budget - self.session_bytes():
                 return
             self.cuts.pop(0)
-            keep = set(self._store_names(self.cuts))
-            for b in self._batches:
-                b.tensors = {t: v for t, v in b.tensors.items() if t in keep}
 
     def _find(self, feeds: Mapping[str, np.ndarray], hint: int) -> int | None:
         """Index of the stored batch with exactly these inputs (tried first at ``hint``)."""

@@ -65,7 +65,7 @@ def test_valid_file_loads_with_defaults(folder: Path) -> None:
     assert all(isinstance(c, Precision) for c in exp.candidates)
     assert exp.calibration == CalibrationSpec("minmax", 99.99, None, False, True, True)
     assert (exp.workers, exp.pool, exp.threads_per_worker) == (2, "ray", 1)
-    assert exp.reuse_memory_mb == 1024
+    assert exp.reuse_memory_mb == 2048
     assert exp.output == (folder / "runs" / "mnist_cnn").resolve()
     assert not exp.output.exists()  # not created at load time
     assert exp.tracking_uri is None

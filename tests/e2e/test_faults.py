@@ -142,3 +142,33 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     study = optuna.load_study(study_name=optuna.get_all_study_summaries(storage)[0].study_name, storage=storage)
     keys = [t.user_attrs["sweeper"]["profile_key"] for t in study.trials]
     assert len(keys) == len(set(keys)) == len(ALL)
+
+
+def test_closing_the_pool_under_a_running_call_ends_that_call(tmp_path: Path) -> None:
+    """A call running in another thread (an AMP plot drawn on a worker) when the pool closes (the step
+    failed, Ctrl-C) ends with an error instead of waiting forever for workers that are gone."""
+    import threading
+
+    from sweeper.config.experiment import load_experiment
+    from sweeper.pipeline import Workspace
+    from sweeper.quant.profile import Profile
+
+    ws = Workspace(load_experiment(_experiment(tmp_path, tile=8)))  # about 1 s per evaluation
+    pool = ws.pool("ray", 1)
+    profile = Profile.uniform([g.name for g in ws.graph.groups], "w8a8").to_json()
+    errors: list[BaseException] = []
+
+    def evaluate_three() -> None:
+        try:
+            list(pool.map_calls("evaluate", [(profile,)] * 3))
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    pool.started()
+    thread = threading.Thread(target=evaluate_three, daemon=True)
+    thread.start()
+    time.sleep(1.5)
+    pool.close()
+    thread.join(timeout=60)
+    ws.close()
+    assert not thread.is_alive() and errors

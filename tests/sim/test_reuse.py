@@ -173,3 +173,38 @@ def test_outputs_computed_before_the_cut_come_from_the_store_and_stay_intact(bui
         for outs in got:
             outs[0] *= 0  # a metric that edits its inputs in place
     assert reuse.stats["suffix_batches"] == 2 * len(batches)
+
+
+def test_a_budget_overrun_drops_only_the_earliest_cuts(build_sim) -> None:  # noqa: ANN001
+    data = cnn_data(64)
+    graph, _, sim = build_sim(cnn_model(), data)
+    roomy = _reuse(graph, sim, data)
+    base = Profile.uniform([g.name for g in graph.groups], Precision.parse("w8a8"))
+    batches = _batches(data, graph.input_names)
+    roomy.set_reference(base)
+    _evaluate(roomy, base, batches)
+    assert len(roomy.cuts) >= 2
+    later = set(roomy._store_names(roomy.cuts[1:]))
+    total = sum(v.nbytes for v in roomy._batches[0].tensors.values()) * len(batches)
+    rest = sum(v.nbytes for t, v in roomy._batches[0].tensors.items() if t in later) * len(batches)
+    tight = _reuse(graph, sim, data)
+    tight.budget = tight.session_bytes() + (rest + total) / 2  # all cuts do not fit, all but the first do
+    tight.set_reference(base)
+    _evaluate(tight, base, batches)
+    assert [c.index for c in tight.cuts] == [c.index for c in roomy.cuts[1:]]
+    assert all(c.complete for c in tight.cuts)
+    assert all(set(b.tensors) == later for b in tight._batches)  # nothing of the dropped cut stays
+
+
+def test_a_metric_that_reads_more_batches_later_never_meets_a_half_stored_cut(build_sim) -> None:  # noqa: ANN001
+    graph, sim, reuse, groups, base, batches = _cnn_setup(build_sim)
+    positions = reuse.group_positions()
+    first, second = reuse.cuts[0].index, reuse.cuts[1].index
+    middle = next(g for g, p in positions.items() if first <= p < second)
+    mid = base.with_groups({middle: Precision.parse("w4a4")})
+    _evaluate(reuse, mid, batches[:2])  # a user metric that looks at two batches: the first cut is complete
+    _evaluate(reuse, base, batches[:3])  # now three: a new batch the first cut lacks
+    assert not reuse.cuts[0].complete
+    got = _evaluate(reuse, mid, batches[:3])
+    sim.apply(mid)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(got, _outputs(sim.run, batches[:3]), strict=True))
