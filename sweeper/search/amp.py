@@ -30,7 +30,7 @@ from sweeper.pipeline import StagedOutput, Workspace
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
 from sweeper.search.evaluate import Evaluated, Sweep, write_json
-from sweeper.search.study import open_storage
+from sweeper.search.study import prepared_storage
 from sweeper.tracking.tracker import Tracker
 
 ALGORITHMS = ("greedy", "optuna", "greedy+optuna")
@@ -169,12 +169,7 @@ class OptunaAMP:
         self.cost = cost
         self.objective = objective
         self.dist = optuna.distributions.CategoricalDistribution(tuple(c.name for c in candidates))
-        rdb = open_storage(storage)
-        if fresh:
-            try:
-                optuna.delete_study(study_name=name, storage=rdb)
-            except KeyError:
-                pass
+        rdb = prepared_storage(storage, name, fresh)
         threshold = ws.fp32_metric - ws.exp.max_drop if ws.exp.higher_is_better else ws.fp32_metric + ws.exp.max_drop
         self.threshold = threshold
         if objective == "multi":

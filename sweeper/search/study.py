@@ -43,6 +43,19 @@ def open_storage(url: str, attempts: int = 6) -> Any:
     raise AssertionError("unreachable")
 
 
+def prepared_storage(url: str, name: str, fresh: bool) -> Any:
+    """The storage of study ``name`` (see :func:`open_storage`); with ``fresh``, that study deleted first."""
+    import optuna
+
+    rdb = open_storage(url)
+    if fresh:
+        try:
+            optuna.delete_study(study_name=name, storage=rdb)
+        except KeyError:
+            pass
+    return rdb
+
+
 class SweepStudy:
     """An Optuna study whose completed trials are the evaluated profiles of a step: the value is the metric,
     one JSON user attribute holds the record (profile key and assignment, metric, timing, worker, MLflow run).
@@ -57,12 +70,7 @@ class SweepStudy:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("optuna").setLevel(logging.WARNING)
         self._optuna = optuna
-        rdb = open_storage(storage)
-        if fresh:
-            try:
-                optuna.delete_study(study_name=name, storage=rdb)
-            except KeyError:
-                pass
+        rdb = prepared_storage(storage, name, fresh)
         self.storage = storage
         self.name = name
         self.study = optuna.create_study(study_name=name, storage=rdb, load_if_exists=True, direction="maximize")
