@@ -6,6 +6,7 @@ metric; the WorkerSpec that workers build their QuantSim from.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -74,6 +75,30 @@ class Workspace:
         run = self.fp32_run
         self.reference = reference_outputs(run, self._inputs(self.eval_data)) if self.evaluator.needs_reference else None
         self.fp32_metric = float(self.evaluator.evaluate(run, self.eval_data, self.reference))
+        self.fingerprint = self._fingerprint()
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """What a stored metric depends on, by content: the prepared model, the data, the metric (and its
+        code, for a user metric), every quantization setting and the sweeper version. Resumed studies are
+        keyed by it, so a retrained model or new data at the same path is evaluated afresh."""
+        import dataclasses
+
+        from sweeper import __version__
+
+        exp = self.exp
+        return {"model": hashlib.sha256(self.prepared.SerializeToString()).hexdigest(),
+                "calibration_data": _digest_arrays(self.cal_data), "evaluation_data": _digest_arrays(self.eval_data),
+                "metric": exp.metric, "metric_code": _code_digest(self.evaluator.fn),
+                "higher_is_better": exp.higher_is_better, "batch_size": exp.batch_size,
+                "calibration": dataclasses.asdict(exp.calibration), "sweeper": __version__}
+
+    def model_report(self) -> dict[str, Any]:
+        """What intake and the quantization rules did to the model as a whole, for results.json: the opset
+        conversion, what stays float (subgraph bodies, shared biases) and masking sentinels."""
+        from sweeper.model.intake import opset_report
+
+        return {"opset": opset_report(self.prepared), "left_float": self.graph.left_float(),
+                "sentinels": self.stats.sentinel_report()}
 
     def _inputs(self, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: data[k] for k in self.graph.input_names}
@@ -123,6 +148,28 @@ class Workspace:
 
     def close(self) -> None:
         self._tmp.cleanup()
+
+
+def _digest_arrays(data: dict[str, np.ndarray]) -> str:
+    """Content hash of a dict of arrays (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for k in sorted(data):
+        a = np.ascontiguousarray(data[k])
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
+    return h.hexdigest()
+
+
+def _code_digest(fn: Any) -> str | None:
+    """Hash of the source file a user metric lives in (None for built-ins or when it has no file)."""
+    import inspect
+
+    if fn is None:
+        return None
+    try:
+        return hashlib.sha256(Path(inspect.getfile(fn)).read_bytes()).hexdigest()
+    except (TypeError, OSError):
+        return None
 
 
 class StagedOutput:

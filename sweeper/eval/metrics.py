@@ -7,6 +7,7 @@ compare output 0 with the FP32 reference computed once by :func:`reference_outpu
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,6 +18,7 @@ import numpy as np
 from sweeper.errors import SweeperError
 
 BUILTIN_METRICS = ("top1", "cosine", "sqnr")
+log = logging.getLogger(__name__)
 SQNR_CAP_DB = 100.0
 
 RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -130,16 +132,24 @@ class Evaluator:
             yield out.reshape(n, -1).astype(np.float64), r.reshape(n, -1).astype(np.float64)
 
     def _cosine(self, run: RunFn, data: Mapping[str, np.ndarray], ref: np.ndarray) -> float:
-        total, count = 0.0, 0
+        """Mean cosine similarity to the FP32 outputs; a sample whose output has NaN/inf counts as -1 (the
+        worst value) and is reported in the log, so the metric itself is never NaN."""
+        total, count, bad = 0.0, 0, 0
         for out, r in self._paired(run, data, ref):
+            finite = np.isfinite(out).all(axis=1)
+            bad += int(np.count_nonzero(~finite))
+            out = np.where(finite[:, None], out, 0.0)
             dot = np.sum(out * r, axis=1)
             norms = np.linalg.norm(out, axis=1) * np.linalg.norm(r, axis=1)
             both_zero = (np.linalg.norm(out, axis=1) == 0) & (np.linalg.norm(r, axis=1) == 0)
             with np.errstate(divide="ignore", invalid="ignore"):
                 cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
             cos = np.where(both_zero, 1.0, cos)
+            cos = np.where(finite, cos, -1.0)
             total += float(np.sum(np.clip(cos, -1.0, 1.0)))
             count += out.shape[0]
+        if bad:
+            log.warning("metric cosine: %d of %d outputs have NaN/inf values; each counts as cosine -1", bad, count)
         return total / count if count else 0.0
 
     def _sqnr(self, run: RunFn, data: Mapping[str, np.ndarray], ref: np.ndarray) -> float:

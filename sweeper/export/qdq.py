@@ -9,13 +9,16 @@ What the exported model computes, quantizer by quantizer (``QuantSim.feeds_for``
   ``Clip``; see :func:`export_qdq`). Float16 encodings are a ``Cast`` round trip; no encoding: nothing;
 * weights with an integer encoding are stored as integers (``Encoding.quantize``; 4/2-bit in int4/uint4)
   behind a (per-channel) ``DequantizeLinear``; float16 weights are stored as float16 behind a ``Cast``;
-* Conv/Gemm/ConvTranspose biases are int32 behind a ``DequantizeLinear`` with the scale
-  ``EncodingTable.bias_scale`` wherever the simulation quantizes them, float16 in float16 groups.
+* Conv/Gemm/ConvTranspose biases are int32 behind a ``DequantizeLinear`` with the scale of
+  ``EncodingTable.bias_encoding`` (input scale x weight scale, enlarged per channel where the bias would not
+  fit int32: :mod:`sweeper.quant.bias`) wherever the simulation quantizes them, float16 in float16 groups;
+* float16 values saturate to +-65504 (a ``Clip`` before the ``Cast``; :mod:`sweeper.quant.fp16`).
 
-16-bit and 4-bit containers need ai.onnx opset 21, per-channel ``DequantizeLinear`` opset 13: a model with a
-lower opset is converted with ``onnx.version_converter``. If that fails, 16-bit quantizers use the
-``com.microsoft`` QuantizeLinear/DequantizeLinear (ONNX Runtime contrib ops, CPU EP) and 4/2-bit quantizers
-an 8-bit container behind a ``Clip`` to their grid.
+16-bit and 4-bit containers need ai.onnx opset 21, per-channel ``DequantizeLinear`` opset 13. Intake
+already converts models to opset 21 (:mod:`sweeper.model.opset`), so a prepared model is exported at the
+opset it was simulated at; a model given at a lower opset directly is converted here with the same
+converter. If that fails, 16-bit quantizers use the ``com.microsoft`` QuantizeLinear/DequantizeLinear (ONNX
+Runtime contrib ops, CPU EP) and 4/2-bit quantizers an 8-bit container behind a ``Clip`` to their grid.
 """
 
 from __future__ import annotations
@@ -28,19 +31,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sweeper.model.graph import ModelGraph
+from sweeper.model.opset import MS_DOMAIN, PER_CHANNEL_OPSET, Q16_OPSET, ai_onnx_opset, convert_opset
+from sweeper.quant.bias import BiasEncoding
 from sweeper.quant.encoding import Encoding
+from sweeper.quant.fp16 import FP16_MAX, to_fp16
 from sweeper.quant.profile import Profile
 from sweeper.sim.encodings import EncodingTable
 
 log = logging.getLogger(__name__)
-
-MS_DOMAIN = "com.microsoft"
-Q_OPSET = 21  # int4/uint4/int16/uint16 QuantizeLinear/DequantizeLinear
-PER_CHANNEL_OPSET = 13
-
-
-def _ai_onnx_opset(model: onnx.ModelProto) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
 
 
 @dataclass(frozen=True)
@@ -107,30 +105,20 @@ def _needs(graph: ModelGraph, table: EncodingTable, profile: Profile, int4_acts:
         if enc is not None and enc.dtype == "int":
             wide |= enc.bitwidth != 8
             per_channel |= enc.axis is not None
-        if table.bias_scale(w, profile) is not None:
-            per_channel = True
+    per_channel |= any(table.bias_scale(b, profile) is not None for b in graph.bias_quantizers)
     return wide, per_channel
 
 
 def _convert(model: onnx.ModelProto, target: int, graph: ModelGraph) -> onnx.ModelProto | None:
     """``model`` at ai.onnx opset ``target`` or None when the converter cannot do it faithfully."""
-    from onnx import version_converter
 
-    try:
-        out = version_converter.convert_version(model, target)
-    except Exception as exc:  # noqa: BLE001 - any converter failure means: fall back
-        log.info("opset conversion to %d failed (%s: %s)", target, type(exc).__name__, exc)
-        return None
-    # the exporter addresses tensors by name: the converter must have kept every one it rewires
-    names = {o for n in out.graph.node for o in n.output} | {i.name for i in out.graph.input}
-    inits = {t.name for t in out.graph.initializer}
-    missing = [t for t in graph.activations if t not in names]
-    missing += [w for w in graph.weight_quantizers if w not in inits]
-    if missing or [o.name for o in out.graph.output] != graph.output_names:
-        log.info("opset conversion to %d renamed tensors (%s); not used", target, missing[:3])
-        return None
-    out.ir_version = max(out.ir_version, 10 if target >= 21 else out.ir_version)
-    return out
+    def renamed(out: onnx.ModelProto) -> list[str]:  # the exporter addresses tensors by name
+        names = {o for n in out.graph.node for o in n.output} | {i.name for i in out.graph.input}
+        inits = {t.name for t in out.graph.initializer}
+        return [t for t in graph.activations if t not in names] + [w for w in graph.weight_quantizers
+                                                                    if w not in inits]
+
+    return convert_opset(model, target, renamed)
 
 
 def export_qdq(
@@ -153,17 +141,17 @@ def export_qdq(
         if not n.name:
             n.name = f"{n.op_type}_{i}"
     wide, per_channel = _needs(graph, table, profile, int4_activations)
-    opset = _ai_onnx_opset(model)
-    wide_ok = opset >= Q_OPSET
-    target = max(opset, PER_CHANNEL_OPSET if per_channel else 10, Q_OPSET if wide else 0)
+    opset = ai_onnx_opset(model)
+    wide_ok = opset >= Q16_OPSET
+    target = max(opset, PER_CHANNEL_OPSET if per_channel else 10, Q16_OPSET if wide else 0)
     if target > opset:
         converted = _convert(model, target, graph) if allow_convert else None
         if converted is None and wide and per_channel and opset < PER_CHANNEL_OPSET and allow_convert:
             converted = _convert(model, PER_CHANNEL_OPSET, graph)
         if converted is not None:
             model = converted
-            opset = _ai_onnx_opset(model)
-            wide_ok = opset >= Q_OPSET
+            opset = ai_onnx_opset(model)
+            wide_ok = opset >= Q16_OPSET
         elif opset < PER_CHANNEL_OPSET and per_channel:
             raise ValueError(
                 f"cannot export: the model is at opset {opset}, per-channel DequantizeLinear needs opset "
@@ -250,9 +238,12 @@ class _Builder:
     # -- activations ------------------------------------------------------------------------------
     def _act_nodes(self, t: str, src: str, dst: str, enc: Encoding) -> list[onnx.NodeProto]:
         fresh = self.names.fresh
-        if enc.dtype == "float":
-            h = fresh(t + "_fp16")
-            return [helper.make_node("Cast", [src], [h], to=TensorProto.FLOAT16, name=fresh(t + "_cast_fp16")),
+        if enc.dtype == "float":  # saturating float16 round trip, as the simulation does
+            h, sat = fresh(t + "_fp16"), fresh(t + "_fp16_saturated")
+            lo = self._const(t + "_fp16_lo", numpy_helper.from_array(np.array(-FP16_MAX, np.float32), ""))
+            hi = self._const(t + "_fp16_hi", numpy_helper.from_array(np.array(FP16_MAX, np.float32), ""))
+            return [helper.make_node("Clip", [src, lo, hi], [sat], name=fresh(t + "_fp16_clip")),
+                    helper.make_node("Cast", [sat], [h], to=TensorProto.FLOAT16, name=fresh(t + "_cast_fp16")),
                     helper.make_node("Cast", [h], [dst], to=TensorProto.FLOAT, name=fresh(t + "_cast_fp32"))]
         c = _container(enc, self.wide_ok, self.int4_activations)
         scale = self._const(t + "_scale", numpy_helper.from_array(np.array(enc.scale.ravel()[0], np.float32), ""))
@@ -276,27 +267,23 @@ class _Builder:
     def _params(self) -> list[onnx.NodeProto]:
         nodes: list[onnx.NodeProto] = []
         done: dict[str, list[onnx.NodeProto]] = {}
-        for w, wq in self.graph.weight_quantizers.items():
-            prec = self.profile[self.table.group_of[w]]
-            enc = self.table.weight_encoding(w, prec)
+        for w in self.graph.weight_quantizers:
+            enc = self.table.weight_encoding(w, self.profile[self.table.group_of[w]])
             if enc is not None:
                 done[w] = self._weight_nodes(w, enc)
-            if wq.bias:
-                bscale = self.table.bias_scale(w, self.profile)
-                b = self.graph.weight_array(wq.bias).astype(np.float32)
-                if bscale is not None:
-                    done[wq.bias] = self._bias_int32(wq.bias, b, np.asarray(bscale, np.float32))
-                elif prec.is_fp16:
-                    done[wq.bias] = self._fp16(wq.bias, b)
-                else:
-                    done.pop(wq.bias, None)  # as in the sim, the last weight sharing a bias decides
+        for b, bq in self.graph.bias_quantizers.items():
+            benc = self.table.bias_encoding(b, self.profile)
+            if benc is not None:
+                done[b] = self._bias_int32(b, benc)
+            elif self.profile[self.table.group_of[bq.weight]].is_fp16:
+                done[b] = self._fp16(b, self.graph.weight_array(b).astype(np.float32))
         for name, ns in done.items():
             self.remove_inits.add(name)
             nodes.extend(ns)
         return nodes
 
     def _fp16(self, name: str, arr: np.ndarray) -> list[onnx.NodeProto]:
-        h = self._const(name + "_fp16", numpy_helper.from_array(arr.astype(np.float16), ""))
+        h = self._const(name + "_fp16", numpy_helper.from_array(to_fp16(arr), ""))
         return [helper.make_node("Cast", [h], [name], to=TensorProto.FLOAT, name=self.names.fresh(name + "_cast"))]
 
     def _weight_nodes(self, w: str, enc: Encoding) -> list[onnx.NodeProto]:
@@ -319,15 +306,14 @@ class _Builder:
         return [helper.make_node("DequantizeLinear", [qn, sn, zn], [w], name=self.names.fresh(w + "_DequantizeLinear"),
                                  domain=c.domain, **attrs)]
 
-    def _bias_int32(self, b: str, arr: np.ndarray, bscale: np.ndarray) -> list[onnx.NodeProto]:
-        q = np.clip(np.rint(arr / bscale), -(2**31), 2**31 - 1).astype(np.int64)
-        qn = self._const(b + "_quantized", numpy_helper.from_array(q.astype(np.int32), ""))
+    def _bias_int32(self, b: str, enc: BiasEncoding) -> list[onnx.NodeProto]:
+        qn = self._const(b + "_quantized", numpy_helper.from_array(enc.q.astype(np.int32), ""))
         attrs = {}
-        if bscale.size == 1:
-            scale = np.array(bscale.ravel()[0], np.float32)
+        if enc.scale.size == 1:
+            scale = np.array(enc.scale.ravel()[0], np.float32)
             zp = np.zeros((), np.int32)
         else:
-            scale = bscale.ravel()
+            scale = enc.scale.ravel()
             zp = np.zeros(scale.shape, np.int32)
             attrs["axis"] = 0
         sn = self._const(b + "_scale", numpy_helper.from_array(scale.astype(np.float32), ""))

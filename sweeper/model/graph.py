@@ -31,10 +31,23 @@ MONOTONE_ACTIVATIONS = {"Relu", "Clip"}
 
 @dataclass
 class WeightQuantizer:
+    """One weight initializer. A weight shared by several Conv/Gemm/MatMul is quantized once: every user
+    reads the same quantized values, and all users belong to one quantizer group."""
+
     name: str  # initializer name
-    op: str  # node name
-    axis: int | None  # per-channel axis
-    bias: str | None = None  # initializer name of the bias (int32 at export), Conv/Gemm only
+    op: str  # the first node that uses it as its weight
+    axis: int | None  # per-channel axis (None: per tensor, also when the users disagree on the axis)
+    bias: str | None = None  # the first user's bias (see ModelGraph.bias_quantizers for every user's)
+    ops: list[str] = field(default_factory=list)  # every node that uses it as its weight
+
+
+@dataclass
+class BiasQuantizer:
+    """A Conv/Gemm/ConvTranspose bias stored as int32 at (its op's input scale x weight scale)."""
+
+    name: str  # initializer name
+    op: str  # the node that adds it
+    weight: str  # that node's weight quantizer
 
 
 @dataclass
@@ -110,7 +123,9 @@ class ModelGraph:
             self.dtypes.update(dtypes)
         self.constants = self._constant_tensors()
         self.dynamic = self._dynamic_tensors()
+        self.subgraph_reads = self._subgraph_reads()
         self.weight_quantizers = self._weight_quantizers()
+        self.bias_quantizers = self._bias_quantizers()
         self.activations = self._activation_quantizers()
         self.groups = self._groups()
         self.sim_location = {t: self._sink(t) for t in self.activations}
@@ -136,6 +151,17 @@ class ModelGraph:
     def weight_array(self, name: str) -> np.ndarray:
         return numpy_helper.to_array(self.initializers[name])
 
+    @staticmethod
+    def _weight_axis(n: onnx.NodeProto, ndim: int) -> int | None:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "Conv":
+            return 0
+        if n.op_type == "ConvTranspose":
+            return 1 if attrs.get("group", 1) == 1 else None
+        if n.op_type == "Gemm":
+            return 0 if attrs.get("transB", 0) else 1
+        return ndim - 1 if ndim >= 2 else None
+
     def _weight_quantizers(self) -> dict[str, WeightQuantizer]:
         out: dict[str, WeightQuantizer] = {}
         for n in self.nodes:
@@ -143,25 +169,69 @@ class ModelGraph:
                 continue
             w = n.input[1]
             arr = self.initializers[w]
-            if arr.data_type != onnx.TensorProto.FLOAT or w in out:
+            if arr.data_type != onnx.TensorProto.FLOAT:
                 continue
-            ndim = len(arr.dims)
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-            axis: int | None
-            if n.op_type == "Conv":
-                axis = 0
-            elif n.op_type == "ConvTranspose":
-                axis = 1 if attrs.get("group", 1) == 1 else None
-            elif n.op_type == "Gemm":
-                axis = 0 if attrs.get("transB", 0) else 1
-            else:
-                axis = ndim - 1 if ndim >= 2 else None
-            bias = None
-            if n.op_type in ("Conv", "Gemm", "ConvTranspose") and len(n.input) > 2 and n.input[2] in self.initializers:
-                b = self.initializers[n.input[2]]
-                if len(b.dims) == 1 and b.data_type == onnx.TensorProto.FLOAT:
-                    bias = n.input[2]
-            out[w] = WeightQuantizer(name=w, op=n.name, axis=axis, bias=bias)
+            axis = self._weight_axis(n, len(arr.dims))
+            if w in out:  # shared: one quantizer for every user
+                wq = out[w]
+                wq.ops.append(n.name)
+                if wq.axis != axis:
+                    wq.axis = None
+                continue
+            out[w] = WeightQuantizer(name=w, op=n.name, axis=axis, bias=self._bias_input(n), ops=[n.name])
+        return out
+
+    def _bias_input(self, n: onnx.NodeProto) -> str | None:
+        if n.op_type in ("Conv", "Gemm", "ConvTranspose") and len(n.input) > 2 and n.input[2] in self.initializers:
+            b = self.initializers[n.input[2]]
+            if len(b.dims) == 1 and b.data_type == onnx.TensorProto.FLOAT:
+                return n.input[2]
+        return None
+
+    def _bias_quantizers(self) -> dict[str, BiasQuantizer]:
+        """Every weight op's bias; a bias initializer that several ops (or a subgraph) read stays float."""
+        out: dict[str, BiasQuantizer] = {}
+        for w, wq in self.weight_quantizers.items():
+            for op in wq.ops:
+                b = self._bias_input(self.node_by_name[op])
+                if b is None:
+                    continue
+                readers = {c.name for c in self.consumers.get(b, [])}
+                if readers == {op} and b not in self.subgraph_reads:
+                    out[b] = BiasQuantizer(name=b, op=op, weight=w)
+        return out
+
+    def shared_biases(self) -> list[str]:
+        """Biases left float because more than one node reads them (reported, never silent)."""
+        found = {b for wq in self.weight_quantizers.values() for op in wq.ops
+                 if (b := self._bias_input(self.node_by_name[op])) is not None}
+        return sorted(found - set(self.bias_quantizers))
+
+    # -- subgraphs ------------------------------------------------------------------------------
+    def _subgraph_reads(self) -> set[str]:
+        """Outer-scope tensors that If/Loop/Scan bodies read (implicit inputs)."""
+        reads: set[str] = set()
+        for n in self.nodes:
+            for body in _bodies(n):
+                reads |= _outer_reads(body)
+        return reads
+
+    def left_float(self) -> list[dict[str, object]]:
+        """What the simulation and the export leave float, with the reason: If/Loop/Scan bodies (their
+        weights and activations are not quantized; the node's inputs and outputs are, by the usual rules)
+        and biases shared between nodes."""
+        out: list[dict[str, object]] = []
+        for n in self.nodes:
+            bodies = _bodies(n)
+            if not bodies:
+                continue
+            ops = [m for b in bodies for m in _all_nodes(b)]
+            weights = sum(1 for m in ops if m.op_type in WEIGHT_OPS)
+            params = sum(int(np.prod(t.dims)) for b in bodies for t in _all_initializers(b))
+            out.append({"node": n.name, "op": n.op_type, "reason": "subgraph body is not quantized",
+                        "body_nodes": len(ops), "body_weight_ops": weights, "body_parameters": params})
+        for b in self.shared_biases():
+            out.append({"tensor": b, "reason": "bias read by several nodes: kept float"})
         return out
 
     def _activation_quantizers(self) -> list[str]:
@@ -203,7 +273,8 @@ class ModelGraph:
         op_members: dict[str, list[str]] = {}
         weights_by_op = defaultdict(list)
         for wq in self.weight_quantizers.values():
-            weights_by_op[wq.op].append(wq.name)
+            for op in wq.ops:
+                weights_by_op[op].append(wq.name)
         for n in self.nodes:
             if n.op_type in DATA_MOVEMENT:
                 continue
@@ -234,7 +305,9 @@ class ModelGraph:
             root = uf.find(k)
             grp = by_root.setdefault(root, QuantizerGroup(name=""))
             kind, _, name = k.partition(":")
-            {"a": grp.activations, "w": grp.weights, "op": grp.ops}[kind].append(name)
+            members = {"a": grp.activations, "w": grp.weights, "op": grp.ops}[kind]
+            if name not in members:
+                members.append(name)
         groups = []
         for grp in by_root.values():
             grp.ops.sort(key=lambda o: order[o])
@@ -307,3 +380,44 @@ class ModelGraph:
 
     def weight_count(self, names: list[str]) -> int:
         return sum(int(np.prod(self.initializers[w].dims)) for w in names)
+
+
+def _bodies(n: onnx.NodeProto) -> list[onnx.GraphProto]:
+    out: list[onnx.GraphProto] = []
+    for a in n.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
+def _all_nodes(g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    out: list[onnx.NodeProto] = []
+    for n in g.node:
+        out.append(n)
+        for b in _bodies(n):
+            out.extend(_all_nodes(b))
+    return out
+
+
+def _all_initializers(g: onnx.GraphProto) -> list[onnx.TensorProto]:
+    out = list(g.initializer)
+    for n in g.node:
+        if n.op_type == "Constant":
+            out.extend(a.t for a in n.attribute if a.type == onnx.AttributeProto.TENSOR)
+        for b in _bodies(n):
+            out.extend(_all_initializers(b))
+    return out
+
+
+def _outer_reads(g: onnx.GraphProto) -> set[str]:
+    """Names a body reads that it does not define (nested bodies included)."""
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer}
+    reads: set[str] = set()
+    for n in g.node:
+        reads.update(i for i in n.input if i and i not in defined)
+        for b in _bodies(n):
+            reads |= _outer_reads(b) - defined
+        defined.update(n.output)
+    return reads - defined

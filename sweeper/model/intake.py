@@ -111,11 +111,51 @@ def load_model(onnx_path: str | None, torch_factory: str | None, workdir: Path) 
     return export_torch(torch_factory, workdir / "exported.onnx")
 
 
-def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference, constant folding and BatchNorm folding (ONNX Runtime's basic, EP-independent
-    rewrites, which emit only standard ONNX ops); graph input and output names are kept."""
+OPSET_NOTE = "sweeper.opset_original"  # metadata key: the opset the model arrived at, when it was converted
+
+
+def convert_for_quantization(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
+    """The model at the opset the simulation and the export both run (``opset.TARGET_OPSET``), converted
+    once here. The original opset is kept in the metadata (:func:`opset_report`). A model the converter
+    cannot bring to opset 21 keeps its opset (16-bit quantizers then use com.microsoft Q/DQ); below opset 13,
+    which per-channel DequantizeLinear needs, that is an error."""
+    from sweeper.model.opset import PER_CHANNEL_OPSET, TARGET_OPSET, ai_onnx_opset, convert_opset
+
+    original = ai_onnx_opset(model)
+    if original >= TARGET_OPSET:
+        return model
+    converted = convert_opset(model, TARGET_OPSET)
+    if converted is None and original < PER_CHANNEL_OPSET:
+        converted = convert_opset(model, PER_CHANNEL_OPSET)
+        if converted is None:
+            raise SweeperError(where, f"the model is at opset {original}; sweeper needs opset >= {PER_CHANNEL_OPSET} "
+                                      "(per-channel DequantizeLinear) and onnx.version_converter cannot convert it")
+    if converted is None:
+        return model
+    meta = {p.key: p.value for p in converted.metadata_props}
+    meta[OPSET_NOTE] = str(original)
+    del converted.metadata_props[:]
+    onnx.helper.set_model_props(converted, meta)
+    return converted
+
+
+def opset_report(model: onnx.ModelProto) -> dict[str, object]:
+    """What intake did to the opset: ``{"original": 11, "used": 21, "converted": true}``."""
+    from sweeper.model.opset import ai_onnx_opset
+
+    used = ai_onnx_opset(model)
+    original = next((int(p.value) for p in model.metadata_props if p.key == OPSET_NOTE), used)
+    return {"original": original, "used": used, "converted": original != used}
+
+
+def prepare_model(model: onnx.ModelProto, where: str = "model", convert: bool = True) -> onnx.ModelProto:
+    """Opset conversion (:func:`convert_for_quantization`; ``convert=False`` keeps the model's opset),
+    shape inference, constant folding and BatchNorm folding (ONNX Runtime's basic, EP-independent rewrites,
+    which emit only standard ONNX ops); graph input and output names are kept."""
     import onnxruntime as ort
 
+    if convert:
+        model = convert_for_quantization(model, where)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.onnx"
         dst = Path(tmp) / "prepared.onnx"
@@ -132,4 +172,8 @@ def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
         pass
     # ORT names folded constants after the ops they came from; keep the graph's I/O exactly as given.
     assert [i.name for i in prepared.graph.output] == [o.name for o in model.graph.output]
+    if not any(p.key == OPSET_NOTE for p in prepared.metadata_props):
+        for p in model.metadata_props:
+            if p.key == OPSET_NOTE:
+                prepared.metadata_props.add(key=p.key, value=p.value)
     return prepared

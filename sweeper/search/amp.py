@@ -282,8 +282,7 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
             from sweeper.search.study import study_name
 
             name = study_name(exp.name, f"amp-optuna-{objective}-{cost}",
-                              {"candidates": [c.name for c in candidates], "model": str(exp.model),
-                               "data": str(exp.data), "calibration": str(exp.calibration)})
+                              {"candidates": [c.name for c in candidates], **ws.fingerprint})
             search = OptunaAMP(ws, candidates, cost_of, default_storage(ws), name, objective, fresh=fresh)
             seeds = [p for p in greedy.pareto_list] or [Profile.uniform(greedy.groups, c) for c in candidates]
             search.seed_with(seeds)

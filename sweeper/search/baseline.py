@@ -59,7 +59,7 @@ def run_baseline(ws: Workspace, pool, tracker: Tracker | None, fresh: bool = Fal
         doc = {
             "experiment": exp.name, "metric": exp.metric, "fp32_metric": ws.fp32_metric, "max_drop": exp.max_drop,
             "chosen": chosen, "interpretation": interpretation,
-            "sentinels": ws.stats.sentinel_report(),
+            **ws.model_report(),
             "results": [r.to_json() for r in rows],
         }
         write_json(out.path / "results.json", doc)

@@ -39,6 +39,8 @@ class Evaluated:
     size_mb: float
     est_latency_ms: float
     eval_seconds: float
+    bias_rescaled: int = 0  # layers whose int32 bias scale was enlarged (details in the encodings file)
+    fp16_saturated: int = 0  # tensors that saturate at +-65504 in float16 (details in the encodings file)
     onnx: str | None = None
     encodings: str | None = None
     resumed: bool = False
@@ -74,10 +76,8 @@ class Sweep:
         self.tracker = tracker
         self.export = export
         exp = ws.exp
-        fingerprint = {"model": str(exp.model), "data": str(exp.data), "metric": exp.metric,
-                       "calibration": str(exp.calibration), "batch_size": exp.batch_size}
         groups = [g.name for g in ws.graph.groups]
-        self.study = SweepStudy(default_storage(ws), study_name(exp.name, step, fingerprint), fresh=fresh)
+        self.study = SweepStudy(default_storage(ws), study_name(exp.name, step, ws.fingerprint), fresh=fresh)
         self.done = self.study.completed()
         if tracker is not None:
             base = {"step": step, "strategy": strategy, "calibration_scheme": exp.calibration.scheme,
@@ -95,17 +95,25 @@ class Sweep:
         ws = self.ws
         cost = profile_cost(ws.graph, profile)
         drop = ws.drop(metric)
+        adj = ws.table.adjustments(profile)
         return Evaluated(name=name, profile_key=profile.key, metric=metric, drop=drop,
                          meets_target=drop <= ws.exp.max_drop, bops_ratio=cost.bops_ratio, size_mb=cost.size_mb,
-                         est_latency_ms=ws.cost_model.latency_ms(profile), eval_seconds=seconds, resumed=resumed)
+                         est_latency_ms=ws.cost_model.latency_ms(profile), eval_seconds=seconds,
+                         bias_rescaled=len(adj["bias_rescaled"]), fp16_saturated=len(adj["fp16_saturated"]),
+                         resumed=resumed)
 
     def _finish(self, ev: Evaluated, profile: Profile, res: Result | None) -> Evaluated:
         """Export, log and record one profile (on the background thread)."""
         ws = self.ws
         onnx_path, enc_path = self.out_dir / f"{ev.name}.onnx", self.out_dir / f"{ev.name}.encodings"
         if self.export:
-            model = export_qdq(ws.graph, ws.table, profile)
-            save_export(model, ws.table.to_aimet(profile), onnx_path, enc_path)
+            try:
+                model = export_qdq(ws.graph, ws.table, profile)
+                save_export(model, ws.table.to_aimet(profile), onnx_path, enc_path)
+            except BaseException:
+                if res is not None:  # the evaluation is kept: a rerun resumes it instead of evaluating again
+                    self._record(ev, profile, res, "")
+                raise
         if res is None:  # resumed: logged and recorded by the run that evaluated it
             return ev
         run_id = ""
@@ -123,9 +131,12 @@ class Sweep:
                 artifacts={"onnx": onnx_path, "encodings": enc_path} if keep and self.export else None,
                 assignment=profile.to_json(),
             )
+        self._record(ev, profile, res, run_id)
+        return ev
+
+    def _record(self, ev: Evaluated, profile: Profile, res: Result, run_id: str) -> None:
         self.study.record(profile, ev.metric, {"name": ev.name, "metric": ev.metric, "eval_seconds": ev.eval_seconds,
                                                "worker": res.worker, "node": res.node, "mlflow_run_id": run_id})
-        return ev
 
     def _submit(self, ev: Evaluated, profile: Profile, res: Result | None) -> Evaluated:
         """Hand a result to the background thread; the caller goes on at once (workers never wait)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweeper.model.graph import ModelGraph
+from sweeper.quant.bias import BiasEncoding, int32_bias
 from sweeper.quant.calibration import CalibrationStats
 from sweeper.quant.encoding import (
     Encoding,
@@ -15,6 +16,7 @@ from sweeper.quant.encoding import (
     encoding_from_range,
     float16_encoding,
 )
+from sweeper.quant.fp16 import FP16_MAX, exceeds_fp16, fp16_round_trip
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
 
@@ -39,6 +41,7 @@ class EncodingTable:
         self.config = config
         self._act: dict[tuple[str, int], Encoding] = {}
         self._weight: dict[tuple[str, int], Encoding] = {}
+        self._bias: dict[tuple[str, bytes], BiasEncoding] = {}
         self.group_of = graph.group_of()
 
     # quantizers the simulation keeps in float whatever the precision (masks without a real range)
@@ -90,44 +93,82 @@ class EncodingTable:
             return float16_encoding()
         return self.weight(name, prec.weight_bits)
 
-    def bias_scale(self, weight: str, prec: Precision | Profile) -> np.ndarray | None:
-        """Scale of the int32 bias (input scale x weight scale), or None when the bias stays float.
+    def _bias_prec(self, bias: str, prec: Precision | Profile) -> Precision:
+        bq = self.graph.bias_quantizers[bias]
+        return prec[self.group_of[bq.weight]] if isinstance(prec, Profile) else prec
+
+    def bias_scale(self, bias: str, prec: Precision | Profile) -> np.ndarray | None:
+        """Nominal scale of the int32 bias (input scale x weight scale), or None when the bias stays float
+        (or float16). ``bias`` is a key of ``graph.bias_quantizers``.
 
         The op's input quantizer belongs to the op's own group, so the group's precision decides both."""
-        if isinstance(prec, Profile):
-            prec = prec[self.group_of[weight]]
-        wq = self.graph.weight_quantizers[weight]
-        if wq.bias is None or prec.is_float or prec.weights_float:
+        bq = self.graph.bias_quantizers.get(bias)
+        if bq is None:
             return None
-        node = self.graph.node_by_name[wq.op]
-        ins = self.graph.input_quantizers(node)
+        prec = self._bias_prec(bias, prec)
+        if prec.is_float or prec.weights_float:
+            return None
+        ins = self.graph.input_quantizers(self.graph.node_by_name[bq.op])
         if len(ins) != 1:
             return None
         a_enc = self.act_encoding(ins[0], prec)
         if a_enc is None or a_enc.dtype != "int":
             return None
-        w_enc = self.weight(weight, prec.weight_bits)
+        w_enc = self.weight(bq.weight, prec.weight_bits)
         return (a_enc.scale.astype(np.float32)[0] * w_enc.scale.astype(np.float32)).astype(np.float32)
 
-    def bias_value(self, weight: str, prec: Precision) -> np.ndarray | None:
-        """The bias as the simulation and the exported model see it: int32-rounded, fp16 or float."""
-        wq = self.graph.weight_quantizers[weight]
-        if wq.bias is None:
+    def bias_encoding(self, bias: str, prec: Precision | Profile) -> BiasEncoding | None:
+        """The int32 representation of ``bias`` under ``prec`` (rescaled where it would not fit int32;
+        :mod:`sweeper.quant.bias`), or None when it is not stored as int32."""
+        scale = self.bias_scale(bias, prec)
+        if scale is None:
             return None
-        b = self.graph.weight_array(wq.bias).astype(np.float32)
-        scale = self.bias_scale(weight, prec)
-        if scale is not None:
-            q = np.clip(np.rint(b / scale), -(2**31), 2**31 - 1).astype(np.int64)
-            return (q.astype(np.float32) * scale).astype(np.float32)
-        if prec.is_fp16:
-            return b.astype(np.float16).astype(np.float32)
+        key = (bias, np.asarray(scale, np.float32).tobytes())
+        if key not in self._bias:
+            self._bias[key] = int32_bias(self.graph.weight_array(bias).astype(np.float32), scale)
+        return self._bias[key]
+
+    def bias_value(self, bias: str, prec: Precision | Profile) -> np.ndarray:
+        """The bias as the simulation and the exported model see it: int32 (DequantizeLinear), fp16 or float."""
+        enc = self.bias_encoding(bias, prec)
+        if enc is not None:
+            return enc.dequantize()
+        b = self.graph.weight_array(bias).astype(np.float32)
+        if bias in self.graph.bias_quantizers and self._bias_prec(bias, prec).is_fp16:
+            return fp16_round_trip(b)
         return b
+
+    def adjustments(self, profile: Profile) -> dict[str, list[dict[str, object]]]:
+        """Values a deployment could not represent as computed, and what was done instead: biases whose
+        int32 scale was enlarged, tensors that saturate in float16 (reported, never silent)."""
+        rescaled = []
+        for b, bq in self.graph.bias_quantizers.items():
+            enc = self.bias_encoding(b, profile)
+            if enc is not None and enc.n_rescaled:
+                rescaled.append(enc.report(b, bq.op))
+        fp16 = []
+        for t in self.graph.activations:
+            st = self.stats.tensors.get(t)
+            if st is None or not profile[self.group_of[t]].is_fp16 or self.always_float(t):
+                continue
+            if st.count and (exceeds_fp16(float(st.min), float(st.max)) or st.sentinels):
+                fp16.append({"tensor": t, "min": float(st.min), "max": float(st.max), "sentinels": int(st.sentinels),
+                             "how": f"saturated to +-{FP16_MAX:g} in float16"})
+        for w in self.graph.weight_quantizers:
+            if profile[self.group_of[w]].is_fp16:
+                a = self.graph.weight_array(w)
+                if a.size and exceeds_fp16(float(a.min()), float(a.max())):
+                    fp16.append({"tensor": w, "min": float(a.min()), "max": float(a.max()),
+                                 "how": f"saturated to +-{FP16_MAX:g} in float16"})
+        return {"bias_rescaled": rescaled, "fp16_saturated": fp16}
 
     def weight_value(self, weight: str, prec: Precision) -> np.ndarray:
         """The weight as the simulation sees it: DequantizeLinear(QuantizeLinear(w)), fp16 or float."""
         w = self.graph.weight_array(weight).astype(np.float32)
         enc = self.weight_encoding(weight, prec)
-        return w if enc is None else enc.fake_quantize(w)
+        if enc is None:
+            return w
+        return fp16_round_trip(w) if enc.dtype == "float" else enc.fake_quantize(w)
 
     def to_aimet(self, profile: Profile) -> dict[str, object]:
         """AIMET 1.0.0 encodings of ``profile``."""
@@ -141,8 +182,16 @@ class EncodingTable:
             enc = self.weight_encoding(w, profile[self.group_of[w]])
             if enc is not None:
                 params.append(enc.to_aimet(w))
+        biases = []  # int32, symmetric, zero point 0 (AIMET's offset -2**31); kept out of param_encodings,
+        for b in self.graph.bias_quantizers:  # whose readers expect 2-16 bit quantizers
+            benc = self.bias_encoding(b, profile)
+            if benc is not None:
+                biases.append({"name": b, "dtype": "INT", "enc_type": "PER_CHANNEL" if benc.scale.size > 1
+                               else "PER_TENSOR", "bw": 32, "is_sym": True,
+                               "scale": [float(x) for x in benc.scale], "offset": [-(2**31)] * benc.scale.size})
+        sweeper_section = {"bias_encodings": biases, **self.adjustments(profile)}
         return {"version": "1.0.0", "activation_encodings": acts, "param_encodings": params,
-                "excluded_layers": [], "quantizer_args": {
+                "excluded_layers": [], "sweeper": sweeper_section, "quantizer_args": {
                     "activation_bitwidth": None, "param_bitwidth": None,
                     "per_channel_quantization": self.config.per_channel,
                     "quant_scheme": self.config.scheme,

@@ -29,12 +29,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sweeper.model.graph import ModelGraph
+from sweeper.model.opset import MS_DOMAIN, ai_onnx_opset, q16_domain
 from sweeper.quant.encoding import Encoding
+from sweeper.quant.fp16 import FP16_MAX
 from sweeper.quant.precision import FP32, Precision
 from sweeper.quant.profile import Profile
 from sweeper.sim.encodings import EncodingTable
 
-MS_DOMAIN = "com.microsoft"
+FP16_LO, FP16_HI = "sweeper::fp16_lo", "sweeper::fp16_hi"  # float16 saturation bounds (outer-scope constants)
 BRANCHED_OPS = {"Conv", "ConvTranspose", "Gemm"}
 CHAIN_OPS = {"Relu", "Clip", "MaxPool"}
 
@@ -57,13 +59,18 @@ class _Layer:
 
 
 def find_layers(g: ModelGraph) -> dict[str, _Layer]:
-    """Weight ops simulated as If branches, each with the Relu/Clip/MaxPool chain fused after it."""
+    """Weight ops simulated as If branches, each with the Relu/Clip/MaxPool chain fused after it.
+
+    Only a weight that its op alone reads becomes branch constants; a shared weight (several ops, or a
+    subgraph, read it) is a run-time input that every reader sees quantized, as in the export."""
     fq_locations = {g.sim_location[t] for t in g.activations}
     outputs = set(g.output_names)
     layers: dict[str, _Layer] = {}
     for w, wq in g.weight_quantizers.items():
         node = g.node_by_name[wq.op]
         if node.op_type not in BRANCHED_OPS or node.input[1] != w:
+            continue
+        if {c.name for c in g.consumers.get(w, [])} != {node.name} or w in g.subgraph_reads:
             continue
         chain = [node]
         out = node.output[0]
@@ -126,15 +133,15 @@ class QuantSim:
     def _build(self) -> onnx.ModelProto:
         g = self.graph
         src = g.model
-        opset = max((o.version for o in src.opset_import if o.domain in ("", "ai.onnx")), default=13)
-        self._q16_domain = "" if opset >= 21 else MS_DOMAIN
+        self._q16_domain = q16_domain(ai_onnx_opset(src))
         t8 = TensorProto.INT8 if self.signed else TensorProto.UINT8
         t16 = TensorProto.INT16 if self.signed else TensorProto.UINT16
         in_layers = {n.name for layer in self.layers.values() for n in layer.nodes}
         layer_by_first = {layer.nodes[0].name: layer for layer in self.layers.values()}
+        layer_ops = {layer.nodes[0].name for layer in self.layers.values()}
         bound_params = {w for w in g.weight_quantizers if w not in self.layers}
-        bound_params |= {wq.bias for w, wq in g.weight_quantizers.items() if wq.bias and w not in self.layers}
-        moved = set(self.layers) | {g.weight_quantizers[w].bias for w in self.layers if g.weight_quantizers[w].bias}
+        bound_params |= {b for b, bq in g.bias_quantizers.items() if bq.op not in layer_ops}
+        moved = set(self.layers) | {b for b, bq in g.bias_quantizers.items() if bq.op in layer_ops}
         new_inputs = list(src.graph.input)
         for name in sorted(bound_params):
             init = g.initializers[name]
@@ -143,6 +150,8 @@ class QuantSim:
         still_used |= {i for layer in self.layers.values() for n in layer.nodes[1:] for i in n.input}
         inits = [t for t in src.graph.initializer
                  if t.name not in bound_params and (t.name not in moved or t.name in still_used)]
+        inits += [numpy_helper.from_array(np.array(-FP16_MAX, np.float32), FP16_LO),
+                  numpy_helper.from_array(np.array(FP16_MAX, np.float32), FP16_HI)]
 
         loc_to_tensor = {g.sim_location[t]: t for t in g.activations}
         outputs = set(g.output_names)
@@ -199,8 +208,10 @@ class QuantSim:
         for k, prec in enumerate(self.precisions):
             tag = f"{layer.weight}::{prec.name}"
             inits = [numpy_helper.from_array(self.table.weight_value(layer.weight, prec), tag + "::w")]
-            bias = self.table.bias_value(layer.weight, prec)
-            if bias is not None:
+            bias_name = layer.nodes[0].input[2] if len(layer.nodes[0].input) > 2 else ""
+            bias = None  # a bias that is not a bias quantizer (shared) is read from the outer scope, float
+            if bias_name in self.graph.bias_quantizers:
+                bias = self.table.bias_value(bias_name, prec)
                 inits.append(numpy_helper.from_array(bias, tag + "::b"))
             body = []
             prev = None
@@ -275,8 +286,9 @@ class QuantSim:
             helper.make_node("QuantizeLinear", [p + "cl", s, z8], [p + "ql"]),
             helper.make_node("DequantizeLinear", [p + "ql", s, z8], [p + "dl"]),
         ], p + "dl")
-        bf = branch("f16", [
-            helper.make_node("Cast", [x], [p + "h"], to=TensorProto.FLOAT16),
+        bf = branch("f16", [  # saturating, as float16 deployments convert (sweeper.quant.fp16)
+            helper.make_node("Clip", [x, FP16_LO, FP16_HI], [p + "sat"]),
+            helper.make_node("Cast", [p + "sat"], [p + "h"], to=TensorProto.FLOAT16),
             helper.make_node("Cast", [p + "h"], [p + "f"], to=TensorProto.FLOAT),
         ], p + "f")
         bid = branch("off", [helper.make_node("Identity", [x], [p + "id"])], p + "id")
@@ -340,7 +352,7 @@ class QuantSim:
             if key not in self._act_cache:
                 self._act_cache[key] = self._act_feeds(t, self.table.act_encoding(t, prec))
             feeds.update(self._act_cache[key])
-        for w, wq in self.graph.weight_quantizers.items():
+        for w in self.graph.weight_quantizers:
             prec = profile[group_of[w]]
             layer = self.layers.get(w)
             if layer is not None:
@@ -351,13 +363,14 @@ class QuantSim:
                     feeds[layer.flag_prefix + p.name] = _scalar(p == prec, np.bool_)
                 continue
             feeds[w] = self._bound_weight(w, prec)
-            if wq.bias:
-                key = (wq.bias, prec.name)
-                if key not in self._weight_cache:
-                    bias = self.table.bias_value(w, prec)
-                    assert bias is not None
-                    self._weight_cache[key] = bias
-                feeds[wq.bias] = self._weight_cache[key]
+        for b, bq in self.graph.bias_quantizers.items():
+            if bq.weight in self.layers:
+                continue
+            prec = profile[group_of[bq.weight]]
+            key = (b, prec.name)
+            if key not in self._weight_cache:
+                self._weight_cache[key] = self.table.bias_value(b, prec)
+            feeds[b] = self._weight_cache[key]
         return feeds
 
     def apply(self, profile: Profile) -> None:

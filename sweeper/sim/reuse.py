@@ -161,11 +161,8 @@ class PrefixReuse:
         """Per quantizer group, the first top-level node that reads one of its run-time inputs: where a
         profile that changes only this group first differs from any other."""
         graph, group_of = self.sim.graph, self.sim.table.group_of
-        owner: dict[str, str] = {}
-        for w, wq in graph.weight_quantizers.items():
-            owner[w] = w
-            if wq.bias:
-                owner[wq.bias] = w
+        owner: dict[str, str] = {w: w for w in graph.weight_quantizers}
+        owner.update({b: bq.weight for b, bq in graph.bias_quantizers.items()})
         inputs = {i.name for i in self.sim.model.graph.input} - self.data_inputs
         out: dict[str, int] = {}
         for name in inputs:

@@ -92,8 +92,8 @@ _BUILT: dict[str, tuple] = {}
 def build(name: str) -> tuple:
     """(graph, table, sim, data), built once per model for the whole module."""
     if name not in _BUILT:
-        model, data = MODELS[name]()
-        prepared = prepare_model(model)
+        model, data = MODELS[name.removesuffix("@keep-opset")]()
+        prepared = prepare_model(model, convert=not name.endswith("@keep-opset"))
         graph = ModelGraph(prepared)
         stats = calibration.collect(prepared, graph.activations, [], data, graph.input_names, batch_size=8)
         table = EncodingTable(graph, stats, QuantConfig())
@@ -176,7 +176,12 @@ def test_export_reproduces_the_simulation(model_name: str, prec: str) -> None:
 
 
 def test_containers_and_opset() -> None:
-    graph, table, _, _ = build("attention")  # an opset-13 model
+    # an opset-13 graph analysed without intake (which would convert it to 21): the exporter converts
+    # only when a precision needs it
+    model, data = attention()
+    graph = ModelGraph(model)
+    stats = calibration.collect(model, graph.activations, [], data, graph.input_names, batch_size=8)
+    table = EncodingTable(graph, stats, QuantConfig())
     assert max(o.version for o in graph.model.opset_import if o.domain in ("", "ai.onnx")) == 13
     m8 = export_qdq(graph, table, uniform(graph, "w8a8"))
     assert max(o.version for o in m8.opset_import if o.domain == "") == 13  # nothing needed a conversion
@@ -211,9 +216,23 @@ def test_int4_activation_containers_run_unoptimized() -> None:
     assert np.array_equal(session(m).run(None, data)[0], ref_plain[0])
 
 
+def test_intake_converts_to_opset_21_once_and_reports_it() -> None:
+    from sweeper.model.intake import opset_report
+
+    graph, table, sim, data = build("attention")  # given at opset 13
+    assert opset_report(graph.model) == {"original": 13, "used": 21, "converted": True}
+    m16 = export_qdq(graph, table, uniform(graph, "w16a16"))
+    assert max(o.version for o in m16.opset_import if o.domain == "") == 21
+    # simulation and export run the same opset: standard 16-bit Q/DQ in both, no contrib ops
+    assert not any(n.domain == "com.microsoft" for n in m16.graph.node)
+    assert sim._q16_domain == ""
+
+
 def test_fallback_without_opset_conversion() -> None:
-    """No converter: 16-bit via com.microsoft Q/DQ, 4/2-bit weights in an 8-bit container; still exact."""
-    graph, table, sim, data = build("cnn")
+    """No converter (intake kept opset 17): 16-bit via com.microsoft Q/DQ in the simulation and the export,
+    4/2-bit weights in an 8-bit container; still exact."""
+    graph, table, sim, data = build("cnn@keep-opset")
+    assert sim._q16_domain == "com.microsoft"
     for prec in ("w16a16", "w4a8", "w2a8"):
         profile = uniform(graph, prec)
         m = export_qdq(graph, table, profile, allow_convert=False)

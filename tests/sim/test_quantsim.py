@@ -68,7 +68,7 @@ def test_layer_branches_hold_exact_fake_quantized_weights(build_sim) -> None:  #
     assert all(len(np.unique(ch)) <= 16 for ch in consts["w1::w4a8::w"])  # per output channel
     assert np.array_equal(consts["w1::fp32::w"], w)
     # the bias is int32-rounded on the grid input-scale x weight-scale, as the export stores it
-    bscale = table.bias_scale("w1", _uniform(graph, "w4a8"))
+    bscale = table.bias_scale("b1", _uniform(graph, "w4a8"))
     q = consts["w1::w4a8::b"] / bscale
     np.testing.assert_allclose(q, np.rint(q), atol=1e-3)
     # the choice is a run-time flag
