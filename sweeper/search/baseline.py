@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweeper.pipeline import StagedOutput, Workspace
+from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
 from sweeper.search.evaluate import Evaluated, Sweep, write_json
 from sweeper.tracking.tracker import Tracker
@@ -21,23 +22,38 @@ class BaselineReport:
     output: Path
 
 
-def interpret(ok: dict[str, bool]) -> str:
-    """The workflow's reading of which precisions pass."""
-    def passes(name: str) -> bool | None:
-        return ok.get(name)
-
-    if passes("w8a8"):
-        return "w8a8 meets the target: the model quantizes well at 8 bits."
-    if passes("w8a16") and passes("w8a8") is False:
-        return "w8a16 meets the target but w8a8 does not: activation-sensitive (keep 16-bit activations or mix)."
-    if passes("w16a16") and passes("w8a16") is False:
-        return "w16a16 meets the target but w8a16 does not: weight-sensitive (keep 16-bit weights or mix)."
-    int_ok = [k for k, v in ok.items() if v and k != "fp16"]
-    if passes("fp16") and not int_ok:
-        return "only fp16 meets the target: layer-sensitive (a few layers need float; try LiteMP / AMP)."
-    if not any(ok.values()):
+def interpret(ok: dict[str, bool], chosen: str | None = None) -> str:
+    """The workflow's reading of which precisions pass, led by what was found: the cheapest candidate that
+    meets the target (``chosen``; by default the one with the fewest BOPs per MAC, then the fewest weight bits),
+    then the cheaper candidates that do not."""
+    passing = [Precision.parse(n) for n, v in ok.items() if v]
+    if not passing:
         return "no candidate meets the target: relax max_drop or use AdaRound/QAT."
-    return "see the table: the cheapest passing candidate is marked."
+    best = Precision.parse(chosen) if chosen else min(passing, key=lambda p: (p.bops_factor, p.weight_bits, p.is_float))
+    failing = sorted((Precision.parse(n) for n, v in ok.items() if v is False), key=lambda p: (p.bops_factor, p.name))
+    cheaper = [p.name for p in failing if p.bops_factor <= best.bops_factor]
+    but = f" ({', '.join(cheaper)} {'does' if len(cheaper) == 1 else 'do'} not)" if cheaper else ""
+    if not best.is_float and min(best.weight_bits, best.act_bits) < 8:
+        return f"even {_low_bits(best)} pass: {best.name} meets the target{but}."
+    if best.name == "w8a8":
+        return f"w8a8 meets the target: the model quantizes well at 8 bits{but}."
+    if best.name == "w8a16" and ok.get("w8a8") is False:
+        return "w8a16 meets the target but w8a8 does not: activation-sensitive (keep 16-bit activations or mix)."
+    if best.name == "w16a16" and ok.get("w8a16") is False:
+        return "w16a16 meets the target but w8a16 does not: weight-sensitive (keep 16-bit weights or mix)."
+    if best.is_float and all(p.is_float for p in passing):
+        return f"only {best.name} meets the target{but}: layer-sensitive (a few layers need float; try LiteMP / AMP)."
+    return f"{best.name} is the cheapest candidate that meets the target{but}."
+
+
+def _low_bits(p: Precision) -> str:
+    """'4-bit weights', '4-bit activations (with 8-bit weights)', '4-bit weights and 4-bit activations'."""
+    low = [f"{b}-bit {what}" for b, what in ((p.weight_bits, "weights"), (p.act_bits, "activations")) if b < 8]
+    if len(low) == 2:
+        return " and ".join(low)
+    if p.weight_bits < 8:
+        return low[0] if p.act_bits == 8 else f"{low[0]} (with {p.act_bits}-bit activations)"
+    return f"{low[0]} (with {p.weight_bits}-bit weights)"
 
 
 def run_baseline(ws: Workspace, pool, tracker: Tracker | None, fresh: bool = False) -> BaselineReport:  # noqa: ANN001
