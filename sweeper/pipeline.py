@@ -20,10 +20,12 @@ import onnx
 from sweeper.cluster.pool import WorkerPool, WorkerSpec, make_pool
 from sweeper.config.experiment import Experiment
 from sweeper.errors import SweeperError
-from sweeper.eval.data import check_data, input_specs_from_onnx, load_data
-from sweeper.eval.metrics import make_evaluator, reference_outputs
+from sweeper.eval.data import Dataset, check_dataset, input_specs_from_onnx, load_dataset
+from sweeper.eval.metrics import make_evaluator
+from sweeper.eval.target import Target
 from sweeper.model.graph import WEIGHT_OPS, ModelGraph
 from sweeper.model.intake import load_model, prepare_model
+from sweeper.model.session import ort_session
 from sweeper.quant import calibration
 from sweeper.sim.encodings import EncodingTable, QuantConfig
 
@@ -35,47 +37,87 @@ class Workspace:
         self.exp = exp
         self._tmp = tempfile.TemporaryDirectory(prefix="sweeper-")
         self.tmp = Path(self._tmp.name)
+        self.threads = threads or exp.threads_per_worker
+        self.prepared = prepare_model(self._load_model())
+        self.specs = input_specs_from_onnx(self.prepared)
+        self.graph = ModelGraph(self.prepared)
+        self.evaluator = make_evaluator(exp.metric, exp.higher_is_better, exp.batch_size, list(self.specs),
+                                        output_index=self._output_index(), specs=self.specs)
+        self._load_data()
+        self._calibrate()
+        from sweeper.cost.latency import CostModel, load_target
+
+        self.cost_model = CostModel(self.graph, self.stats.shapes, load_target(exp.cost_target))
+        self.fp32_session = ort_session(self.prepared, self.threads)
+        run = self.fp32_run
+        data = self.eval_set if self.eval_set is not None else self.eval_data
+        self.reference = self.evaluator.reference_outputs(run, data) if self.evaluator.needs_reference else None
+        self.fp32_metric = float(self.evaluator.evaluate(run, data, self.reference))
+        self.fingerprint = self._fingerprint()
+
+    def _load_model(self) -> onnx.ModelProto:
+        """The user's model: an ONNX file, a function returning its path (or a ModelProto), or a torch factory."""
+        exp = self.exp
         onnx_path = str(exp.model.onnx) if exp.model.onnx else None
         if exp.model.onnx_factory:
             from sweeper.model.intake import resolve_callable
 
             where = f"{exp.path}: model.onnx"
             try:
-                onnx_path = str(resolve_callable(exp.model.onnx_factory, where)())
+                made = resolve_callable(exp.model.onnx_factory, where)()
             except SweeperError:
                 raise
             except Exception as exc:  # noqa: BLE001
                 raise SweeperError(where, f"{exp.model.onnx_factory}() failed: {type(exc).__name__}: {exc}") from None
-        model = load_model(onnx_path, exp.model.torch, self.tmp)
-        self.prepared = prepare_model(model)
-        specs = input_specs_from_onnx(self.prepared)
-        self.evaluator = make_evaluator(exp.metric, exp.higher_is_better, exp.batch_size, list(specs))
-        self.cal_data = load_data(exp.data.calibration, f"{exp.path}: data.calibration")
-        check_data(self.cal_data, specs, False, f"{exp.path}: data.calibration")
-        self.eval_data = load_data(exp.data.evaluation, f"{exp.path}: data.evaluation")
-        check_data(self.eval_data, specs, self.evaluator.needs_labels, f"{exp.path}: data.evaluation")
-        self.graph = ModelGraph(self.prepared)
-        self.threads = threads or exp.threads_per_worker
-        weight_outputs = [n.output[0] for n in self.graph.nodes if n.op_type in WEIGHT_OPS]
-        weight_inputs = [n.input[0] for n in self.graph.nodes if n.op_type in WEIGHT_OPS]
+            if isinstance(made, onnx.ModelProto):
+                return made
+            onnx_path = str(made)
+        return load_model(onnx_path, exp.model.torch, self.tmp)
+
+    def _output_index(self) -> int:
+        """Which model output the built-in metrics read (``metric_output``; default the first)."""
+        name = getattr(self.exp, "metric_output", None)
+        if name is None:
+            return 0
+        outputs = self.graph.output_names
+        if name not in outputs:
+            raise SweeperError(f"{self.exp.path}: metric_output", f"the model has no output {name!r}: its outputs "
+                                                                  f"are {', '.join(outputs)}")
+        return outputs.index(name)
+
+    def _load_data(self) -> None:
+        """Calibration data (sweeper feeds it: checked now) and evaluation data (checked now unless a user
+        metric reads it, which gets it exactly as loaded; what it feeds the model is checked then)."""
+        exp, where = self.exp, f"{self.exp.path}: data"
+        self.cal_data, cal_set = load_dataset(exp.data.calibration, f"{where}.calibration")
+        assert cal_set is not None
+        self.cal_set: Dataset = cal_set
+        check_dataset(self.cal_set, self.specs, False, f"{where}.calibration")
+        user = not self.evaluator.is_builtin
+        self.eval_data, self.eval_set = load_dataset(exp.data.evaluation, f"{where}.evaluation", opaque_ok=user)
+        if self.eval_set is not None and not user:
+            check_dataset(self.eval_set, self.specs, self.evaluator.needs_labels, f"{where}.evaluation")
+
+    def _calibrate(self) -> None:
+        """One pass over the calibration data: statistics of every quantizer, MACs, the encoding table."""
+        exp, graph = self.exp, self.graph
+        weight_outputs = [n.output[0] for n in graph.nodes if n.op_type in WEIGHT_OPS]
+        weight_inputs = [n.input[0] for n in graph.nodes if n.op_type in WEIGHT_OPS]
         self.stats = calibration.collect(
-            self.prepared, self.graph.activations, weight_outputs + weight_inputs, self.cal_data,
-            self.graph.input_names, batch_size=exp.batch_size, max_samples=exp.calibration.samples,
-            threads=self.threads,
+            self.prepared, graph.activations, weight_outputs + weight_inputs, self.cal_set, graph.input_names,
+            batch_size=exp.batch_size, max_samples=exp.calibration.samples, threads=self.threads,
         )
-        self.graph.compute_macs(self.stats.shapes)
+        graph.compute_macs(self.stats.shapes, batched=self.cal_set.layout == "batched")
         c = exp.calibration
         self.quant_config = QuantConfig(scheme=c.scheme, percentile=c.percentile, act_symmetric=c.act_symmetric,
                                         weight_symmetric=c.weight_symmetric, per_channel=c.per_channel)
-        self.table = EncodingTable(self.graph, self.stats, self.quant_config)
-        from sweeper.cost.latency import CostModel, load_target
+        self.table = EncodingTable(graph, self.stats, self.quant_config)
 
-        self.cost_model = CostModel(self.graph, self.stats.shapes, load_target(exp.cost_target))
-        self.fp32_session = self._session(self.prepared)
-        run = self.fp32_run
-        self.reference = reference_outputs(run, self._inputs(self.eval_data)) if self.evaluator.needs_reference else None
-        self.fp32_metric = float(self.evaluator.evaluate(run, self.eval_data, self.reference))
-        self.fingerprint = self._fingerprint()
+    def sample_feeds(self) -> dict[str, np.ndarray]:
+        """One model run's feeds (warm-up, latency measurement): the first evaluation batch or feed, or the
+        calibration data's when only a user metric reads the evaluation data."""
+        ds = self.eval_set if self.eval_set is not None else self.cal_set
+        return ds.first(self.graph.input_names, self.exp.batch_size)
 
     def _fingerprint(self) -> dict[str, Any]:
         """What a stored metric depends on, by content: the prepared model, the data, the metric (and its
@@ -87,7 +129,7 @@ class Workspace:
 
         exp = self.exp
         return {"model": hashlib.sha256(self.prepared.SerializeToString()).hexdigest(),
-                "calibration_data": _digest_arrays(self.cal_data), "evaluation_data": _digest_arrays(self.eval_data),
+                "calibration_data": _digest(self.cal_data), "evaluation_data": _digest(self.eval_data),
                 "metric": exp.metric, "metric_code": _code_digest(self.evaluator.fn),
                 "higher_is_better": exp.higher_is_better, "batch_size": exp.batch_size,
                 "calibration": dataclasses.asdict(exp.calibration), "sweeper": __version__}
@@ -100,24 +142,21 @@ class Workspace:
         return {"opset": opset_report(self.prepared), "left_float": self.graph.left_float(),
                 "sentinels": self.stats.sentinel_report()}
 
-    def _inputs(self, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: data[k] for k in self.graph.input_names}
-
-    def _session(self, model: onnx.ModelProto) -> Any:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
     def fp32_run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.fp32_session.run(None, feeds)
 
+    @property
+    def target(self) -> Target:
+        """The accuracy target of this experiment (FP32 metric, max drop, direction)."""
+        return Target(self.fp32_metric, self.exp.max_drop, self.exp.higher_is_better)
+
     def drop(self, metric: float) -> float:
         """How much worse than FP32 (positive = worse), in metric units."""
-        return (self.fp32_metric - metric) if self.exp.higher_is_better else (metric - self.fp32_metric)
+        return self.target.drop(metric)
+
+    def meets(self, metric: float) -> bool:
+        """Whether ``metric`` meets the target (the one rule every step uses)."""
+        return self.target.meets(metric)
 
     def worker_spec(self, extra_precisions: tuple[str, ...] = (), probes: bool = False,
                     reuse: bool = False) -> WorkerSpec:
@@ -130,15 +169,16 @@ class Workspace:
         probe_data = None
         probe_tensors: tuple[str, ...] = ()
         if probes:
-            n = min(self.exp.batch_size, len(next(iter(self.cal_data.values()))))
-            probe_data = {k: self.cal_data[k][:n] for k in self.graph.input_names}
+            probe_data = self.cal_set.first(self.graph.input_names, self.exp.batch_size)
             probe_tensors = tuple(dict.fromkeys(probe_tensor(self.graph, g.name) for g in self.graph.groups))
         return WorkerSpec(
             model_bytes=self.prepared.SerializeToString(), stats=self.stats, quant_config=self.quant_config,
             metric=self.exp.metric, higher_is_better=self.exp.higher_is_better, batch_size=self.exp.batch_size,
             input_names=self.graph.input_names, data=self.eval_data, reference=self.reference,
             threads=self.threads, precisions=precisions, probe_data=probe_data, probe_tensors=probe_tensors,
-            reuse_mb=float(self.exp.reuse_memory_mb) if reuse else 0.0,
+            reuse_mb=float(self.exp.reuse_memory_mb) if reuse else 0.0, sample_feeds=self.sample_feeds(),
+            samples=(self.eval_set or self.cal_set).samples, output_index=self.evaluator.output_index,
+            input_specs=self.specs,
         )
 
     def pool(self, kind: str | None = None, workers: int | None = None, address: str | None = None,
@@ -150,13 +190,36 @@ class Workspace:
         self._tmp.cleanup()
 
 
-def _digest_arrays(data: dict[str, np.ndarray]) -> str:
-    """Content hash of a dict of arrays (names, dtypes, shapes and bytes)."""
+def _digest(data: Any) -> str:
+    """Content hash of data as a loader returned it: arrays (dtype, shape, bytes), mappings, sequences and
+    scalars; anything else by its pickle, or a fresh value (never resumed) when it has none."""
     h = hashlib.sha256()
-    for k in sorted(data):
-        a = np.ascontiguousarray(data[k])
-        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
+
+    def feed(x: Any) -> None:
+        if isinstance(x, np.ndarray | np.generic):
+            a = np.ascontiguousarray(x)
+            h.update(f"a|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
+        elif isinstance(x, dict):
+            h.update(b"d|")
+            for k in sorted(x, key=str):
+                h.update(f"{k}=".encode())
+                feed(x[k])
+        elif isinstance(x, list | tuple):
+            h.update(f"l{len(x)}|".encode())
+            for v in x:
+                feed(v)
+        elif isinstance(x, str | bytes | int | float | bool) or x is None:
+            h.update(repr(x).encode())
+        else:
+            import pickle
+
+            try:
+                h.update(pickle.dumps(x))
+            except Exception:  # noqa: BLE001 - unpicklable: never treat two runs as the same data
+                h.update(uuid.uuid4().bytes)
+
+    feed(data)
     return h.hexdigest()
 
 

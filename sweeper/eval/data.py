@@ -1,8 +1,20 @@
-"""Calibration and evaluation data: loading (``.npz`` or a loader function) and checking against the model."""
+"""Calibration and evaluation data: loading (``.npz`` or a loader function) and checking against the model.
+
+Data comes in one of two layouts (:class:`Dataset`):
+
+* **batched**: a dict of arrays with the samples along axis 0 of every input (plus optional ``labels``);
+  sweeper runs it in batches of ``batch_size``;
+* **feeds**: a list (or any iterable) of feed dicts, each one ``run`` call's inputs passed to the model as
+  given: any shapes, a fixed batch of 1, a batch on another axis, scalars, recurrent state (plus optional
+  ``labels`` per feed, never sent to the model).
+
+A user metric receives the evaluation data exactly as the loader returned it; sweeper checks only what it
+feeds the model itself (:func:`checked_run`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +30,8 @@ InputSpecs = Mapping[str, tuple[tuple[Dim, ...] | None, Any]]
 
 
 def load_data(spec: str, where: str) -> dict[str, np.ndarray]:
-    """Arrays of a ``.npz`` file or of a ``pkg.module:function`` loader returning a dict of arrays."""
+    """Arrays of a ``.npz`` file or of a ``pkg.module:function`` loader returning a dict of arrays (the
+    batched layout; :func:`load_dataset` accepts feed lists too)."""
     if spec.lower().endswith(".npz"):
         path = Path(spec)
         if not path.is_file():
@@ -78,6 +91,8 @@ def check_data(data: Mapping[str, np.ndarray], inputs: InputSpecs, needs_labels:
         if arr.dtype != expected_dtype:
             raise SweeperError(where, f"input {name!r} has dtype {arr.dtype}: the model expects {expected_dtype}")
         if arr.ndim == 0:
+            if shape is not None and len(shape) == 0:
+                continue  # a scalar input (e.g. a sample rate): fed as it is with every batch
             raise SweeperError(where, f"input {name!r} is a scalar: expected a batch of samples along axis 0")
         if shape is not None:
             mismatch = len(shape) != arr.ndim or any(
@@ -123,3 +138,163 @@ def input_specs_from_onnx(model: onnx.ModelProto) -> dict[str, tuple[tuple[int |
             )
         specs[value.name] = (shape, dtype)
     return specs
+
+
+# ----------------------------------------------------------------------------------------- datasets
+Batch = tuple[Any, dict[str, np.ndarray]]  # (key to index per-batch references with, model feeds)
+
+
+class Dataset:
+    """Model data in the batched or the feeds layout (see the module docstring); ``raw`` is what the
+    loader returned, unchanged (a user metric receives it)."""
+
+    def __init__(self, raw: Any, arrays: Mapping[str, np.ndarray] | None = None,
+                 feeds: list[dict[str, Any]] | None = None) -> None:
+        if (arrays is None) == (feeds is None):
+            raise ValueError("a Dataset is either batched (arrays) or a list of feeds")
+        self.raw = raw
+        self.arrays = None if arrays is None else dict(arrays)
+        self.feeds = feeds
+
+    @property
+    def layout(self) -> str:
+        return "batched" if self.arrays is not None else "feeds"
+
+    @property
+    def samples(self) -> int:
+        """Samples (batched) or feeds (feeds layout)."""
+        if self.arrays is not None:
+            first = next((v for k, v in self.arrays.items() if k != LABELS), None)
+            return 0 if first is None or np.ndim(first) == 0 else len(first)
+        return len(self.feeds or [])
+
+    def batches(self, input_names: list[str], batch_size: int) -> Iterator[Batch]:
+        """``(key, feeds)`` per model run: a slice of the samples, or the feed's index; feeds hold the model
+        inputs only (never labels)."""
+        if self.arrays is not None:
+            n = self.samples
+            for start in range(0, n, batch_size):
+                part = slice(start, min(start + batch_size, n))  # scalar inputs go to every batch as they are
+                yield part, {k: self.arrays[k][part] if np.ndim(self.arrays[k]) else self.arrays[k]
+                             for k in input_names}
+        else:
+            for i, feed in enumerate(self.feeds or []):
+                yield i, {k: np.asarray(feed[k]) for k in input_names}
+
+    def labels(self, key: Any) -> np.ndarray | None:
+        """The labels of one batch (by the key :meth:`batches` gave), or None."""
+        if self.arrays is not None:
+            return None if LABELS not in self.arrays else np.asarray(self.arrays[LABELS])[key]
+        feed = (self.feeds or [])[key]
+        return None if LABELS not in feed else np.asarray(feed[LABELS])
+
+    def first(self, input_names: list[str], batch_size: int) -> dict[str, np.ndarray]:
+        """The first model run's feeds (warm-up, latency measurement, probes)."""
+        return next(iter(self.batches(input_names, batch_size)))[1]
+
+    def head(self, n: int) -> Dataset:
+        """At most ``n`` samples (batched) or feeds."""
+        if self.arrays is not None:
+            arrays = {k: (v[:n] if np.ndim(v) else v) for k, v in self.arrays.items()}
+            return Dataset(arrays, arrays=arrays)
+        feeds = list((self.feeds or [])[:n])
+        return Dataset(feeds, feeds=feeds)
+
+
+def as_dataset(data: Any, where: str = "data", opaque_ok: bool = False) -> Dataset | None:
+    """``data`` as a :class:`Dataset`: a mapping of arrays (batched), a list/tuple/iterable of feed dicts
+    (feeds), or an existing Dataset. Anything else is an error, unless ``opaque_ok`` (data only a user
+    metric reads), where None is returned."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, Mapping):
+        if all(isinstance(v, (np.ndarray, np.generic, list, tuple, int, float)) for v in data.values()):
+            return Dataset(data, arrays={str(k): np.asarray(v) for k, v in data.items()})
+    elif isinstance(data, (list, tuple)) or (isinstance(data, Iterable) and not isinstance(data, (str, bytes))):
+        feeds = list(data)
+        if feeds and all(isinstance(f, Mapping) for f in feeds):
+            return Dataset(data if isinstance(data, (list, tuple)) else feeds, feeds=[dict(f) for f in feeds])
+    if opaque_ok:
+        return None
+    raise SweeperError(where, f"got {type(data).__name__}: expected a dict of arrays (samples along axis 0) or "
+                              "a list of feed dicts (one model run each)")
+
+
+def load_dataset(spec: Any, where: str, opaque_ok: bool = False) -> tuple[Any, Dataset | None]:
+    """``(raw, dataset)`` from a ``.npz`` path, a ``pkg.module:function`` loader, or (Python API) a mapping,
+    an iterable of feed dicts or a callable returning one of those. ``dataset`` is None only for data only a
+    user metric reads (``opaque_ok``)."""
+    if isinstance(spec, str) and spec.lower().endswith(".npz"):
+        arrays = load_data(spec, where)
+        return arrays, Dataset(arrays, arrays=arrays)
+    if isinstance(spec, str):
+        from sweeper.model.intake import resolve_callable
+
+        spec_name, loader = spec, resolve_callable(spec, where)
+    elif callable(spec) and not isinstance(spec, Mapping):
+        spec_name, loader = getattr(spec, "__name__", "loader"), spec
+    else:
+        spec_name, loader = None, None
+    if loader is not None:
+        try:
+            made = loader()
+        except SweeperError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is the user's loader
+            raise SweeperError(where, f"{spec_name}() failed: {type(exc).__name__}: {exc}") from None
+    else:
+        made = spec
+    if isinstance(made, Mapping) and not made:
+        raise SweeperError(where, f"{spec_name or 'the data'} is empty: expected arrays keyed by model input name")
+    ds = as_dataset(made, where, opaque_ok)
+    if ds is not None and ds.arrays is not None:
+        for key, value in ds.arrays.items():
+            if value.dtype == object:
+                raise SweeperError(where, f"[{key!r}] has dtype object: expected a numeric array")
+    return (ds.raw if ds is not None else made), ds
+
+
+def _check_feed(feed: Mapping[str, Any], inputs: InputSpecs, where: str) -> None:
+    """One run's feeds against the model's inputs: names, dtypes, ranks and fixed dims (no batch axis)."""
+    keys = ", ".join(sorted(map(str, feed))) or "none"
+    for name, (shape, dtype) in inputs.items():
+        if name not in feed:
+            raise SweeperError(where, f"input {name!r} missing: the model's inputs are {', '.join(inputs)}; "
+                                      f"the feed has keys {keys}")
+        arr = np.asarray(feed[name])
+        if arr.dtype != np.dtype(dtype):
+            raise SweeperError(where, f"input {name!r} has dtype {arr.dtype}: the model expects {np.dtype(dtype)}")
+        if shape is not None and (len(shape) != arr.ndim or any(
+                isinstance(d, int) and d != n for d, n in zip(shape, arr.shape, strict=False))):
+            raise SweeperError(where, f"input {name!r} has shape {_show_shape(arr.shape)}: the model "
+                                      f"expects {_show_shape(tuple(shape))} ('?' = any size)")
+
+
+def check_dataset(ds: Dataset, inputs: InputSpecs, needs_labels: bool, where: str) -> int:
+    """Check a dataset against the model's inputs (every feed, in the feeds layout); returns its samples
+    (batched) or feeds."""
+    if ds.arrays is not None:
+        return check_data(ds.arrays, inputs, needs_labels, where)
+    feeds = ds.feeds or []
+    if not feeds:
+        raise SweeperError(where, "the data has 0 feeds: expected at least one")
+    for i, feed in enumerate(feeds):
+        _check_feed(feed, inputs, f"{where}[{i}]")
+        if needs_labels:
+            lab = feed.get(LABELS)
+            if lab is None or not np.issubdtype(np.asarray(lab).dtype, np.integer):
+                raise SweeperError(f"{where}[{i}]", "labels missing or not integers: metric top1 needs an "
+                                                    "integer 'labels' entry in every feed")
+    return len(feeds)
+
+
+def checked_run(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], inputs: InputSpecs, where: str
+                ) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """``run`` that checks every feed it is given against the model's inputs first (one clear line instead
+    of an ONNX Runtime error from inside a user metric)."""
+    def run_checked(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not isinstance(feeds, Mapping):
+            raise SweeperError(where, f"run() was given {type(feeds).__name__}: expected a dict of model inputs")
+        _check_feed(feeds, inputs, where)
+        return run({k: np.asarray(feeds[k]) for k in inputs})
+    return run_checked

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from sweeper.errors import SweeperError
+from sweeper.eval.data import LABELS, Dataset, InputSpecs, as_dataset, checked_run
 
 BUILTIN_METRICS = ("top1", "cosine", "sqnr")
 log = logging.getLogger(__name__)
@@ -24,28 +25,30 @@ SQNR_CAP_DB = 100.0
 RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
-def _batches(data: Mapping[str, np.ndarray], input_names: Sequence[str], batch_size: int
-             ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
-    if not input_names:
-        raise ValueError("no input names to batch over")
-    n = len(data[input_names[0]])
-    for start in range(0, n, batch_size):
-        part = slice(start, min(start + batch_size, n))
-        yield part, {name: data[name][part] for name in input_names}
-
-
-def reference_outputs(run: RunFn, data: Mapping[str, np.ndarray], input_names: Sequence[str] | None = None,
-                      batch_size: int = 256) -> list[np.ndarray]:
-    """All outputs of ``run`` over ``data`` (batched, concatenated along axis 0). ``input_names`` defaults
-    to every key of ``data`` except ``labels``."""
-    names = list(input_names) if input_names is not None else [k for k in data if k != "labels"]
+def reference_outputs(run: RunFn, data: Any, input_names: Sequence[str] | None = None,
+                      batch_size: int = 256, outputs: Sequence[int] | None = None) -> list[Any]:
+    """Outputs of ``run`` over ``data``, per output: batched data gives one array concatenated along axis 0,
+    feeds give a list with one array per feed (either is indexed by the batch keys of
+    :meth:`~sweeper.eval.data.Dataset.batches`). ``outputs``: keep only these output indices (the FP32
+    reference keeps only what the metric compares). ``input_names`` defaults to every key but ``labels``."""
+    ds = as_dataset(data)
+    assert ds is not None
+    if input_names is not None:
+        names = list(input_names)
+    else:
+        first = ds.arrays if ds.arrays is not None else (ds.feeds or [{}])[0]
+        names = [k for k in first if k != LABELS]
     parts: list[list[np.ndarray]] = []
-    for _, feeds in _batches(data, names, batch_size):
+    for _, feeds in ds.batches(names, batch_size):
         outs = [np.asarray(o) for o in run(feeds)]
+        if outputs is not None:
+            outs = [outs[i] for i in outputs]
         if not parts:
             parts = [[] for _ in outs]
         for acc, out in zip(parts, outs, strict=True):
             acc.append(out)
+    if ds.arrays is None:
+        return parts
     return [np.concatenate(p, axis=0) for p in parts]
 
 
@@ -53,7 +56,7 @@ class Evaluator:
     """One metric over a model run. ``fn`` is the resolved user function (None for built-ins)."""
 
     def __init__(self, metric: str, higher_is_better: bool, batch_size: int, input_names: Sequence[str],
-                 fn: Callable[..., Any] | None = None) -> None:
+                 fn: Callable[..., Any] | None = None, output_index: int = 0, specs: InputSpecs | None = None) -> None:
         if metric not in BUILTIN_METRICS and fn is None:
             raise ValueError(f"{metric!r} is not a built-in metric and no function was given")
         if batch_size < 1:
@@ -64,6 +67,8 @@ class Evaluator:
         self.higher_is_better = True if metric in BUILTIN_METRICS else bool(higher_is_better)
         self.batch_size = batch_size
         self.input_names = list(input_names)
+        self.output_index = output_index
+        self.specs = specs
 
     @property
     def is_builtin(self) -> bool:
@@ -77,39 +82,46 @@ class Evaluator:
     def needs_reference(self) -> bool:
         return self.metric in ("cosine", "sqnr")
 
-    def reference_outputs(self, run: RunFn, data: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return reference_outputs(run, data, self.input_names, self.batch_size)
+    def reference_outputs(self, run: RunFn, data: Any) -> list[Any]:
+        """The FP32 reference the metric compares with: only the metric's output is kept."""
+        return reference_outputs(run, data, self.input_names, self.batch_size, outputs=[self.output_index])
 
-    def evaluate(self, run: RunFn, data: Mapping[str, np.ndarray],
-                 reference: list[np.ndarray] | None = None) -> float:
+    def evaluate(self, run: RunFn, data: Any, reference: list[Any] | None = None) -> float:
+        """The metric of ``run`` on ``data`` (a dict of arrays, a list of feeds, a Dataset; for a user metric
+        anything: it is handed over as given)."""
         if self.fn is not None:
-            return self._user(run, data)
+            return self._user(run, data.raw if isinstance(data, Dataset) else data)
         if self.needs_reference and reference is None:
             raise ValueError(f"metric {self.metric} needs the FP32 reference outputs (see reference_outputs)")
+        ds = as_dataset(data, self._where())
+        assert ds is not None
         if self.metric == "top1":
-            return self._top1(run, data)
+            return self._top1(run, ds)
         assert reference is not None
         if self.metric == "cosine":
-            return self._cosine(run, data, reference[0])
-        return self._sqnr(run, data, reference[0])
+            return self._cosine(run, ds, reference[0])
+        return self._sqnr(run, ds, reference[0])
 
     # --- built-ins -------------------------------------------------------------------------------
 
     def _where(self) -> str:
         return f"metric {self.metric}"
 
-    def _output0(self, run: RunFn, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _output(self, run: RunFn, feeds: dict[str, np.ndarray]) -> np.ndarray:
         outs = run(feeds)
-        if not outs:
-            raise SweeperError(self._where(), "the model returned no outputs: expected at least one")
-        return np.asarray(outs[0])
+        if len(outs) <= self.output_index:
+            raise SweeperError(self._where(), f"the model returned {len(outs)} outputs: expected at least "
+                                              f"{self.output_index + 1}")
+        return np.asarray(outs[self.output_index])
 
-    def _top1(self, run: RunFn, data: Mapping[str, np.ndarray]) -> float:
-        labels = np.asarray(data["labels"])
+    def _top1(self, run: RunFn, ds: Dataset) -> float:
         correct = total = 0
-        for part, feeds in _batches(data, self.input_names, self.batch_size):
-            pred = np.argmax(self._output0(run, feeds), axis=-1)
-            lab = labels[part]
+        for key, feeds in ds.batches(self.input_names, self.batch_size):
+            pred = np.argmax(self._output(run, feeds), axis=-1)
+            lab = ds.labels(key)
+            if lab is None:
+                raise SweeperError(self._where(), "labels missing: metric top1 needs 'labels'")
+            lab = np.asarray(lab)
             if pred.shape != lab.shape:
                 if pred.size != lab.size:
                     raise SweeperError(self._where(), f"predictions have shape {pred.shape} but labels "
@@ -119,23 +131,23 @@ class Evaluator:
             total += lab.size
         return correct / total if total else 0.0
 
-    def _paired(self, run: RunFn, data: Mapping[str, np.ndarray], ref: np.ndarray
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(output, reference) per batch, both float64 of shape (batch, -1)."""
-        for part, feeds in _batches(data, self.input_names, self.batch_size):
-            out = self._output0(run, feeds)
-            r = ref[part]
+    def _paired(self, run: RunFn, ds: Dataset, ref: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(output, reference) per batch, both float64; rows are samples (axis 0) in the batched layout,
+        and one row per feed in the feeds layout."""
+        for key, feeds in ds.batches(self.input_names, self.batch_size):
+            out = self._output(run, feeds)
+            r = np.asarray(ref[key])
             if out.shape != r.shape:
-                raise SweeperError(self._where(), f"output 0 has shape {out.shape} but the FP32 reference "
-                                                  f"{r.shape}: expected the same shape")
-            n = out.shape[0]
+                raise SweeperError(self._where(), f"output {self.output_index} has shape {out.shape} but the "
+                                                  f"FP32 reference {r.shape}: expected the same shape")
+            n = out.shape[0] if ds.arrays is not None and out.ndim else 1
             yield out.reshape(n, -1).astype(np.float64), r.reshape(n, -1).astype(np.float64)
 
-    def _cosine(self, run: RunFn, data: Mapping[str, np.ndarray], ref: np.ndarray) -> float:
+    def _cosine(self, run: RunFn, ds: Dataset, ref: Any) -> float:
         """Mean cosine similarity to the FP32 outputs; a sample whose output has NaN/inf counts as -1 (the
         worst value) and is reported in the log, so the metric itself is never NaN."""
         total, count, bad = 0.0, 0, 0
-        for out, r in self._paired(run, data, ref):
+        for out, r in self._paired(run, ds, ref):
             finite = np.isfinite(out).all(axis=1)
             bad += int(np.count_nonzero(~finite))
             out = np.where(finite[:, None], out, 0.0)
@@ -152,9 +164,9 @@ class Evaluator:
             log.warning("metric cosine: %d of %d outputs have NaN/inf values; each counts as cosine -1", bad, count)
         return total / count if count else 0.0
 
-    def _sqnr(self, run: RunFn, data: Mapping[str, np.ndarray], ref: np.ndarray) -> float:
+    def _sqnr(self, run: RunFn, ds: Dataset, ref: Any) -> float:
         signal = noise = 0.0
-        for out, r in self._paired(run, data, ref):
+        for out, r in self._paired(run, ds, ref):
             signal += float(np.sum(r * r))
             noise += float(np.sum((r - out) ** 2))
         if not math.isfinite(noise) or not math.isfinite(signal):
@@ -167,9 +179,12 @@ class Evaluator:
 
     # --- user metric -----------------------------------------------------------------------------
 
-    def _user(self, run: RunFn, data: Mapping[str, np.ndarray]) -> float:
+    def _user(self, run: RunFn, data: Any) -> float:
+        """``fn(run, data)`` with the data as the loader returned it; ``run`` checks what it is fed."""
         assert self.fn is not None
         where = f"metric {self.metric}"
+        if self.specs is not None:
+            run = checked_run(run, self.specs, f"{where}: run()")
         try:
             value = self.fn(run, data)
         except SweeperError:
@@ -184,11 +199,16 @@ class Evaluator:
         return float(value)
 
 
-def make_evaluator(metric: str, higher_is_better: bool, batch_size: int, input_names: Sequence[str]) -> Evaluator:
-    """A built-in metric by name, or a user ``pkg.module:fn`` (imported here) called as ``fn(run, data)``."""
-    if metric in BUILTIN_METRICS:
-        return Evaluator(metric, higher_is_better, batch_size, input_names)
+def make_evaluator(metric: str | Callable[..., Any], higher_is_better: bool, batch_size: int,
+                   input_names: Sequence[str], output_index: int = 0, specs: InputSpecs | None = None) -> Evaluator:
+    """A built-in metric by name, a user ``pkg.module:fn`` (imported here) or (Python API) a callable,
+    called as ``fn(run, data)``."""
+    if isinstance(metric, str) and metric in BUILTIN_METRICS:
+        return Evaluator(metric, higher_is_better, batch_size, input_names, output_index=output_index, specs=specs)
+    if callable(metric):
+        name = f"{getattr(metric, '__module__', '')}:{getattr(metric, '__qualname__', 'metric')}"
+        return Evaluator(name, higher_is_better, batch_size, input_names, metric, output_index, specs)
     from sweeper.model.intake import resolve_callable
 
     fn = resolve_callable(metric, "metric")
-    return Evaluator(metric, higher_is_better, batch_size, input_names, fn)
+    return Evaluator(metric, higher_is_better, batch_size, input_names, fn, output_index, specs)

@@ -341,14 +341,15 @@ class ModelGraph:
         return loc
 
     # -- costs ----------------------------------------------------------------------------------
-    def compute_macs(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-        """MACs per sample of each op with weights or a MatMul, from observed shapes (batch axis first)."""
+    def compute_macs(self, shapes: dict[str, tuple[int, ...]], batched: bool = True) -> dict[str, int]:
+        """MACs of each op with weights or a MatMul, from observed shapes: per sample when the data is batched
+        along axis 0, per model run otherwise (feeds passed as given: a fixed batch of 1, state inputs)."""
         macs: dict[str, int] = {}
         for n in self.nodes:
             if n.op_type not in WEIGHT_OPS or n.output[0] not in shapes:
                 continue
             out = shapes[n.output[0]]
-            per_sample_out = int(np.prod(out[1:])) if len(out) > 1 else int(np.prod(out))
+            per_sample_out = int(np.prod(out[1:])) if batched and len(out) > 1 else int(np.prod(out))
             if n.op_type in ("Conv", "ConvTranspose"):
                 w = self._shape_of(n.input[1], shapes)
                 if w is None:
@@ -359,7 +360,7 @@ class ModelGraph:
                     inp = shapes.get(n.input[0])
                     if inp is None:
                         continue
-                    macs[n.name] = int(np.prod(inp[1:])) * int(np.prod(w[1:]))
+                    macs[n.name] = int(np.prod(inp[1:] if batched else inp)) * int(np.prod(w[1:]))
             else:
                 a = self._shape_of(n.input[0], shapes)
                 if a is None:

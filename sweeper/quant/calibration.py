@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -97,24 +98,31 @@ class CalibrationStats:
 
 
 def batches(data: Mapping[str, np.ndarray], names: list[str], batch_size: int) -> Iterable[dict[str, np.ndarray]]:
-    n = len(next(iter(data[k] for k in names)))
-    for start in range(0, n, batch_size):
-        yield {k: data[k][start:start + batch_size] for k in names}
+    """Model feeds of batched data (samples along axis 0), ``batch_size`` samples at a time."""
+    from sweeper.eval.data import Dataset
+
+    for _, feeds in Dataset(data, arrays=data).batches(names, batch_size):
+        yield feeds
 
 
 def collect(
     model: onnx.ModelProto,
     tensors: list[str],
     extra_shapes: list[str],
-    data: Mapping[str, np.ndarray],
+    data: Any,
     input_names: list[str],
     batch_size: int = 64,
     max_samples: int | None = None,
     threads: int = 0,
 ) -> CalibrationStats:
-    """Run the FP32 model once over ``data`` with every tensor of interest exposed as an output."""
-    import onnxruntime as ort
+    """Run the FP32 model once over ``data`` (a dict of arrays batched along axis 0, a list of feed dicts
+    passed as given, or a Dataset) with every tensor of interest exposed as an output. ``max_samples``
+    counts samples in the batched layout and feeds in the feeds layout."""
+    from sweeper.eval.data import as_dataset
+    from sweeper.model.session import ort_session
 
+    ds = as_dataset(data, "calibration data")
+    assert ds is not None
     aug = onnx.ModelProto()
     aug.CopyFrom(model)
     existing = {o.name for o in aug.graph.output}
@@ -122,20 +130,20 @@ def collect(
     for t in wanted:
         if t not in existing and t not in input_names:
             aug.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(aug.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(aug, threads)
     out_names = [o.name for o in sess.get_outputs()]
     stats = {t: TensorStats() for t in tensors}
     shapes: dict[str, tuple[int, ...]] = {}
     seen = 0
-    for feeds in batches(data, input_names, batch_size):
+    for _, feeds in ds.batches(input_names, batch_size):
         if max_samples is not None and seen >= max_samples:
             break
-        if max_samples is not None:
-            feeds = {k: v[: max_samples - seen] for k, v in feeds.items()}
-        seen += len(next(iter(feeds.values())))
+        if ds.arrays is not None:
+            if max_samples is not None:
+                feeds = {k: v[: max_samples - seen] if np.ndim(v) else v for k, v in feeds.items()}
+            seen += len(next((v for v in feeds.values() if np.ndim(v)), [0]))
+        else:
+            seen += 1
         values = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
         values.update(feeds)
         for t in wanted:

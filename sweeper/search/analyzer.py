@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.pipeline import StagedOutput, Workspace
+from sweeper.eval.target import Target
+from sweeper.pipeline import Workspace
 from sweeper.quant.precision import FP32, Precision
 from sweeper.quant.profile import Profile
-from sweeper.search.evaluate import Sweep, write_json
+from sweeper.search.evaluate import Evaluated
+from sweeper.search.step import Batch, PoolNeeds, Step, StepContext, StepOutput, run_step
 from sweeper.sim.quantsim import probe_tensor
 from sweeper.tracking.tracker import Tracker
 
@@ -66,13 +68,11 @@ def _hist(ws: Workspace, tensor: str, bins: int = 64) -> dict[str, list[float]] 
     return {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges]}
 
 
-def interpret(summary: dict[str, float], fp32: float, max_drop: float, higher: bool) -> str:
-    def drop(m: float) -> float:
-        return (fp32 - m) if higher else (m - fp32)
-
+def interpret(summary: dict[str, float], target: Target) -> str:
+    drop = target.drop
     w, a = drop(summary["weights_only"]), drop(summary["activations_only"])
     parts = [f"weights-only drop {w:+.4f}, activations-only drop {a:+.4f}, all quantized {drop(summary['base']):+.4f}."]
-    if max(w, a) <= max_drop:
+    if target.meets(summary["weights_only"]) and target.meets(summary["activations_only"]):
         parts.append("Neither weights nor activations alone break the target.")
     elif w > a:
         parts.append("Weights hurt more than activations: try higher weight bits (e.g. w8/w16) or AdaRound.")
@@ -87,66 +87,86 @@ class AnalysisReport:
     output: Path
 
 
-def run_analyze(ws: Workspace, pool, tracker: Tracker | None, base: Precision,  # noqa: ANN001
-                ranking: str = "enable_one", fresh: bool = False) -> AnalysisReport:
-    from sweeper.report.sensitivity import write_sensitivity_report
+def _group_doc(ws: Workspace, g: Any, results: dict[str, Evaluated], sqnr: dict[str, float]) -> dict[str, Any]:
+    """One group's entry of sensitivity.json: its metrics, SQNR and weight/activation ranges."""
+    def act(a: str) -> dict[str, Any]:
+        st = ws.stats.tensors[a]
+        return {"name": a, "min": float(st.min) if st.count else 0.0, "max": float(st.max) if st.count else 0.0,
+                "sentinels": int(st.sentinels),
+                # histograms matter where the encoding comes from them (mse/percentile)
+                "hist": _hist(ws, a) if ws.exp.calibration.scheme != "minmax" else None}
 
-    exp = ws.exp
-    if ranking not in RANKINGS:
-        raise ValueError(f"unknown ranking {ranking!r}")
-    profiles = analysis_profiles(ws, base)
-    out = StagedOutput(exp.output, "analyze")
-    try:
-        sweep = Sweep(ws, "analyze", "analyzer", out.path, tracker, fresh=fresh, export=False,
-                      params={"base": base.name, "ranking": ranking})
-        # two calls, each under the reference its profiles share prefixes with (workers then run most of
-        # them from stored activations): the base for disable-one, FP32 for enable-one
-        groups_order = [g.name for g in ws.graph.groups]
-        enable = {f"enable:{g}": profiles[f"enable:{g}"] for g in reversed(groups_order)}  # latest first:
-        rest = {k: p for k, p in profiles.items() if k not in enable}  # it stores the most cuts on its way
-        results = sweep.evaluate(pool, rest, reference=profiles["base"])
-        results.update(sweep.evaluate(pool, enable, reference=Profile.uniform(groups_order, FP32)))
+    return {"name": g.name, "ops": g.ops, "macs": g.macs, "probe": probe_tensor(ws.graph, g.name),
+            "enable_one": results[f"enable:{g.name}"].metric, "disable_one": results[f"disable:{g.name}"].metric,
+            "sqnr_db": sqnr.get(g.name),
+            "weights": [{"name": w, "min": float(ws.graph.weight_array(w).min()),
+                         "max": float(ws.graph.weight_array(w).max())} for w in g.weights],
+            "activations": [act(a) for a in g.activations]}
+
+
+class AnalyzeStep(Step):
+    """Step 2a as a :class:`~sweeper.search.step.Step`: two batches, each under the reference its profiles
+    share prefixes with (workers then run most of them from stored activations): the base for
+    disable-one (and weights-/activations-only), FP32 for enable-one; then SQNR probes and the report."""
+
+    name = "analyze"
+    strategy = "analyzer"
+    export_each = False
+
+    def __init__(self, ws: Workspace, base: Precision, ranking: str = "enable_one") -> None:
+        if ranking not in RANKINGS:
+            raise ValueError(f"unknown ranking {ranking!r}")
+        self.ws, self.base, self.ranking = ws, base, ranking
+        self.profiles = analysis_profiles(ws, base)
+        order = [g.name for g in ws.graph.groups]
+        enable = {f"enable:{g}": self.profiles[f"enable:{g}"] for g in reversed(order)}  # latest first:
+        rest = {k: p for k, p in self.profiles.items() if k not in enable}  # it stores the most cuts on its way
+        self.plan = [Batch(rest, self.profiles["base"]), Batch(enable, Profile.uniform(order, FP32))]
+        self.results: dict[str, Evaluated] = {}
+
+    def params(self) -> dict[str, Any]:
+        return {"base": self.base.name, "ranking": self.ranking}
+
+    def pool_needs(self) -> PoolNeeds:
+        return PoolNeeds(analysis_precisions(self.base), probes=True, reuse=True)
+
+    def propose(self) -> Batch | None:
+        return self.plan.pop(0) if self.plan else None
+
+    def observe(self, results: dict[str, Evaluated], profiles: dict[str, Profile]) -> None:
+        self.results.update(results)
+
+    def finish(self, ctx: StepContext) -> StepOutput:
+        from sweeper.report.sensitivity import write_sensitivity_report
+
+        ws, exp, pool, results = self.ws, self.ws.exp, ctx.pool, self.results
         names = [g.name for g in ws.graph.groups]
-        tensors = [probe_tensor(ws.graph, g) for g in names]
-        calls = [(profiles[f"enable:{g}"].to_json(), t) for g, t in zip(names, tensors, strict=True)]
+        calls = [(self.profiles[f"enable:{g}"].to_json(), probe_tensor(ws.graph, g)) for g in names]
         sqnr = {names[i]: float(v) for i, v in pool.map_calls("layer_sqnr", calls)}
-        groups = []
-        for g in ws.graph.groups:
-            groups.append({
-                "name": g.name, "ops": g.ops, "macs": g.macs, "probe": probe_tensor(ws.graph, g.name),
-                "enable_one": results[f"enable:{g.name}"].metric, "disable_one": results[f"disable:{g.name}"].metric,
-                "sqnr_db": sqnr.get(g.name),
-                "weights": [{"name": w, "min": float(ws.graph.weight_array(w).min()),
-                             "max": float(ws.graph.weight_array(w).max())} for w in g.weights],
-                "activations": [{"name": a, "min": float(ws.stats.tensors[a].min) if ws.stats.tensors[a].count else 0.0,
-                                 "max": float(ws.stats.tensors[a].max) if ws.stats.tensors[a].count else 0.0,
-                                 "sentinels": int(ws.stats.tensors[a].sentinels),
-                                 # histograms matter where the encoding comes from them (mse/percentile)
-                                 "hist": _hist(ws, a) if exp.calibration.scheme != "minmax" else None}
-                                for a in g.activations],
-            })
+        groups = [_group_doc(ws, g, results, sqnr) for g in ws.graph.groups]
         summary = {"fp32": ws.fp32_metric, **{k: results[k].metric for k in ("weights_only", "activations_only", "base")}}
         doc = {
             "experiment": exp.name, "metric": exp.metric, "higher_is_better": exp.higher_is_better,
-            "base": base.name, "fp32_metric": ws.fp32_metric, "target": {"max_drop": exp.max_drop},
-            "summary": summary, "interpretation": interpret(summary, ws.fp32_metric, exp.max_drop, exp.higher_is_better),
-            "ranking": ranking, "evaluations": len(profiles), "probes": len(calls),
-            "groups": rank_groups(groups, ranking, exp.higher_is_better),
+            "base": self.base.name, "fp32_metric": ws.fp32_metric, "target": {"max_drop": exp.max_drop},
+            "summary": summary, "interpretation": interpret(summary, ws.target),
+            "ranking": self.ranking, "evaluations": len(self.profiles), "probes": len(calls),
+            "groups": rank_groups(groups, self.ranking, exp.higher_is_better),
         }
-        write_json(out.path / "sensitivity.json", doc)
-        def render(names: list[str]) -> dict[str, bytes | None]:
-            calls = [(doc, n) for n in names]
-            return {names[i]: png for i, png in pool.map_calls("render_plot", calls)}
 
-        files = write_sensitivity_report(doc, out.path, render=render)
-        sweep.flush()  # exports and records land in the staging folder before it moves
-        final = out.commit()
-        sweep.finish({"fp32_metric": ws.fp32_metric, **{f"summary_{k}": v for k, v in summary.items()}},
-                     [final / "sensitivity.json"] + [final / Path(p).name for p in files.values()])
-    except BaseException:
-        out.abort()
-        raise
-    return AnalysisReport(doc, final)
+        def render(plot_names: list[str]) -> dict[str, bytes | None]:
+            got = pool.map_calls("render_plot", [(doc, n) for n in plot_names])
+            return {plot_names[i]: png for i, png in got}
+
+        files = write_sensitivity_report(doc, ctx.staging, render=render)
+        return StepOutput(doc, {"fp32_metric": ws.fp32_metric, **{f"summary_{k}": v for k, v in summary.items()}},
+                          [Path(p).name for p in files.values()], filename="sensitivity.json",
+                          value=AnalysisReport(doc, ctx.final))
+
+
+def run_analyze(ws: Workspace, pool, tracker: Tracker | None, base: Precision,  # noqa: ANN001
+                ranking: str = "enable_one", fresh: bool = False) -> AnalysisReport:
+    """Step 2a on ``pool`` (see :class:`AnalyzeStep`)."""
+    return run_step(AnalyzeStep(ws, base, ranking), ws, pool, tracker, fresh).value
 
 
 def format_analysis(doc: dict[str, Any], top: int = 15) -> str:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweeper.pipeline import StagedOutput, Workspace
+from sweeper.pipeline import Workspace
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
-from sweeper.search.evaluate import Evaluated, Sweep, write_json
+from sweeper.search.evaluate import Evaluated
+from sweeper.search.step import Batch, Step, StepContext, StepOutput, run_step
 from sweeper.tracking.tracker import Tracker
 
 
@@ -56,36 +57,46 @@ def _low_bits(p: Precision) -> str:
     return f"{low[0]} (with {p.weight_bits}-bit weights)"
 
 
-def run_baseline(ws: Workspace, pool, tracker: Tracker | None, fresh: bool = False) -> BaselineReport:  # noqa: ANN001
-    exp = ws.exp
-    groups = [g.name for g in ws.graph.groups]
-    profiles = {p.name: Profile.uniform(groups, p) for p in exp.candidates}
-    out = StagedOutput(exp.output, "baseline")
-    try:
-        sweep = Sweep(ws, "baseline", "baseline", out.path, tracker, fresh=fresh)
-        results = sweep.evaluate(pool, profiles)
-        rows = sorted(results.values(), key=lambda r: (r.bops_ratio, r.size_mb, -r.metric))
+class BaselineStep(Step):
+    """Step 1 as a :class:`~sweeper.search.step.Step`: one batch, every candidate uniformly."""
+
+    name = "baseline"
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        groups = [g.name for g in ws.graph.groups]
+        self.profiles = {p.name: Profile.uniform(groups, p) for p in ws.exp.candidates}
+        self.results: dict[str, Evaluated] = {}
+        self._asked = False
+
+    def propose(self) -> Batch | None:
+        if self._asked:
+            return None
+        self._asked = True
+        return Batch(self.profiles)
+
+    def observe(self, results: dict[str, Evaluated], profiles: dict[str, Profile]) -> None:
+        self.results.update(results)
+
+    def finish(self, ctx: StepContext) -> StepOutput:
+        ws, exp = self.ws, self.ws.exp
+        rows = sorted(self.results.values(), key=lambda r: (r.bops_ratio, r.size_mb, -r.metric))
         passing = [r for r in rows if r.meets_target]
         chosen = passing[0].name if passing else None
         interpretation = interpret({r.name: r.meets_target for r in rows})
-        final = out.final
-        for r in rows:  # paths as they will be after the staging folder moves into place
-            r.onnx = str(final / Path(r.onnx).name) if r.onnx else None
-            r.encodings = str(final / Path(r.encodings).name) if r.encodings else None
         doc = {
             "experiment": exp.name, "metric": exp.metric, "fp32_metric": ws.fp32_metric, "max_drop": exp.max_drop,
             "chosen": chosen, "interpretation": interpretation,
             **ws.model_report(),
             "results": [r.to_json() for r in rows],
         }
-        write_json(out.path / "results.json", doc)
-        sweep.flush()  # exports and records land in the staging folder before it moves
-        final = out.commit()
-        sweep.finish({"fp32_metric": ws.fp32_metric}, [final / "results.json"])
-    except BaseException:
-        out.abort()
-        raise
-    return BaselineReport(ws.fp32_metric, rows, chosen, interpretation, final)
+        value = BaselineReport(ws.fp32_metric, rows, chosen, interpretation, ctx.final)
+        return StepOutput(doc, {"fp32_metric": ws.fp32_metric}, value=value)
+
+
+def run_baseline(ws: Workspace, pool, tracker: Tracker | None, fresh: bool = False) -> BaselineReport:  # noqa: ANN001
+    """Step 1 on ``pool`` (see :class:`BaselineStep`)."""
+    return run_step(BaselineStep(ws), ws, pool, tracker, fresh).value
 
 
 def format_table(rep: BaselineReport, metric: str) -> str:
@@ -102,4 +113,4 @@ def format_table(rep: BaselineReport, metric: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BaselineReport", "format_table", "interpret", "run_baseline"]
+__all__ = ["BaselineReport", "BaselineStep", "format_table", "interpret", "run_baseline"]

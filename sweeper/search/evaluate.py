@@ -97,7 +97,7 @@ class Sweep:
         drop = ws.drop(metric)
         adj = ws.table.adjustments(profile)
         return Evaluated(name=name, profile_key=profile.key, metric=metric, drop=drop,
-                         meets_target=drop <= ws.exp.max_drop, bops_ratio=cost.bops_ratio, size_mb=cost.size_mb,
+                         meets_target=ws.meets(metric), bops_ratio=cost.bops_ratio, size_mb=cost.size_mb,
                          est_latency_ms=ws.cost_model.latency_ms(profile), eval_seconds=seconds,
                          bias_rescaled=len(adj["bias_rescaled"]), fp16_saturated=len(adj["fp16_saturated"]),
                          resumed=resumed)

@@ -1,5 +1,6 @@
 """Step 2b: LiteMP. Keep the base precision and flip the top-k % most sensitive quantizer groups to a
-higher precision; sweep k upward until the target is met (parallel batches of k on the pool)."""
+higher precision; sweep k upward until the target is met (parallel batches of k on the pool, up to 100 %),
+then refine between the last failing and the first passing k."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeper.pipeline import StagedOutput, Workspace
+from sweeper.pipeline import Workspace
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
 from sweeper.search.analyzer import rank_groups, run_analyze
-from sweeper.search.evaluate import Evaluated, Sweep, write_json
+from sweeper.search.evaluate import Evaluated
+from sweeper.search.step import Batch, PoolNeeds, Step, StepContext, StepOutput, run_step
 from sweeper.tracking.tracker import Tracker
 
-DEFAULT_KS = (0, 5, 10, 15, 20, 30, 50)
+DEFAULT_KS = (0, 5, 10, 15, 20, 30, 50, 75, 100)
 
 
 @dataclass
@@ -63,53 +65,90 @@ def litemp_profiles(groups: list[str], ranked: list[str], base: Precision, high:
     return out
 
 
+class LiteMPStep(Step):
+    """Step 2b as a :class:`~sweeper.search.step.Step`. Batches of k (one per worker) in increasing order
+    until one meets the target, up to 100 % of the groups; then, where the metric jumped between the last
+    failing and the first passing k, a bisection over the number of flipped groups finds the smallest
+    passing share (the workflow's "more and more until the target is met")."""
+
+    name = "litemp"
+
+    def __init__(self, ws: Workspace, ranked: list[str], base: Precision, high: Precision,
+                 ks: tuple[float, ...] = DEFAULT_KS, ranking: str = "enable_one", workers: int = 1) -> None:
+        self.ws, self.ranked, self.base, self.high, self.ks, self.ranking = ws, ranked, base, high, ks, ranking
+        self.groups = [g.name for g in ws.graph.groups]
+        self.base_profile = Profile.uniform(self.groups, base)
+        self.plan = litemp_profiles(self.groups, ranked, base, high, ks)
+        self.workers = max(1, workers)
+        self.points: list[LiteMPPoint] = []
+        self._pending: dict[str, tuple[float, list[str]]] = {}
+
+    def params(self) -> dict[str, Any]:
+        return {"base": self.base.name, "high": self.high.name, "ks": ",".join(map(str, self.ks)),
+                "ranking": self.ranking}
+
+    def pool_needs(self) -> PoolNeeds:
+        from sweeper.search.analyzer import analysis_precisions
+
+        return PoolNeeds((*analysis_precisions(self.base), self.high.name), probes=True, reuse=True)
+
+    def _flip(self, n: int) -> tuple[float, list[str], Profile]:
+        flipped = self.ranked[:n]
+        k = 100.0 * n / max(len(self.ranked), 1)
+        return k, flipped, self.base_profile.with_groups({g: self.high for g in flipped})
+
+    def _batch(self, items: list[tuple[float, list[str], Profile]]) -> Batch:
+        self._pending = {f"k{k:g}": (k, flipped) for k, flipped, _ in items}
+        return Batch({f"k{k:g}": p for k, _, p in items}, reference=self.base_profile)
+
+    def propose(self) -> Batch | None:
+        passing = [pt for pt in self.points if pt.result.meets_target]
+        if not passing:
+            if not self.plan:
+                return None
+            batch, self.plan = self.plan[:self.workers], self.plan[self.workers:]
+            return self._batch(batch)
+        best = min(passing, key=lambda pt: len(pt.flipped))
+        fails = [len(pt.flipped) for pt in self.points if not pt.result.meets_target
+                 and len(pt.flipped) < len(best.flipped)]
+        lo, hi = (max(fails) if fails else -1), len(best.flipped)
+        if hi - lo <= 1:
+            return None
+        todo = sorted({lo + round((j + 1) * (hi - lo) / (self.workers + 1)) for j in range(self.workers)} - {lo, hi})
+        return self._batch([self._flip(n) for n in todo])
+
+    def observe(self, results: dict[str, Evaluated], profiles: dict[str, Profile]) -> None:
+        for name, ev in results.items():
+            k, flipped = self._pending[name]
+            self.points.append(LiteMPPoint(k, flipped, ev))
+        self.points.sort(key=lambda pt: len(pt.flipped))
+
+    def finish(self, ctx: StepContext) -> StepOutput:
+        ws = self.ws
+        passing = [pt for pt in self.points if pt.result.meets_target]
+        chosen = min(passing, key=lambda pt: len(pt.flipped)) if passing else None
+        note = None if chosen else (f"no share of groups at {self.high.name} meets the target, up to "
+                                    f"{max((pt.k for pt in self.points), default=0):g} %")
+        doc: dict[str, Any] = {
+            "experiment": ws.exp.name, "metric": ws.exp.metric, "fp32_metric": ws.fp32_metric,
+            "max_drop": ws.exp.max_drop, "base": self.base.name, "high": self.high.name, "ranking": self.ranking,
+            "chosen": None if chosen is None else {"k": chosen.k, "flipped": chosen.flipped, **chosen.result.to_json()},
+            "note": note,
+            "points": [{"k": pt.k, "flipped": pt.flipped, **pt.result.to_json()} for pt in self.points],
+        }
+        value = LiteMPReport(self.points, chosen, self.ranking, ctx.final)
+        return StepOutput(doc, {"fp32_metric": ws.fp32_metric, "chosen_k": chosen.k if chosen else -1.0}, value=value)
+
+
 def run_litemp(ws: Workspace, pool, tracker: Tracker | None, base: Precision, high: Precision,  # noqa: ANN001
                ks: tuple[float, ...] = DEFAULT_KS, ranking: str = "enable_one", fresh: bool = False) -> LiteMPReport:
+    """Step 2b on ``pool``; runs the sensitivity analysis first when there is no ranking for ``base``."""
     ranked = load_ranking(ws, base, ranking)
     if ranked is None:
         rep = run_analyze(ws, pool, tracker, base, ranking, fresh=fresh)
         ranked = [g["name"] for g in rep.doc["groups"]]
-    groups = [g.name for g in ws.graph.groups]
-    plan = litemp_profiles(groups, ranked, base, high, ks)
-    out = StagedOutput(ws.exp.output, "litemp")
-    points: list[LiteMPPoint] = []
-    try:
-        sweep = Sweep(ws, "litemp", "litemp", out.path, tracker, fresh=fresh,
-                      params={"base": base.name, "high": high.name, "ks": ",".join(map(str, ks)), "ranking": ranking})
-        chosen = None
-        for start in range(0, len(plan), max(pool.size, 1)):  # in order of k, a batch of workers at a time
-            batch = plan[start:start + max(pool.size, 1)]
-            named = {f"k{k:g}": p for k, _, p in batch}
-            results = sweep.evaluate(pool, named, reference=Profile.uniform(groups, base))
-            for k, flipped, _ in batch:
-                points.append(LiteMPPoint(k, flipped, results[f"k{k:g}"]))
-            passing = [pt for pt in points if pt.result.meets_target]
-            if passing:
-                chosen = min(passing, key=lambda pt: pt.k)
-                break
-        doc: dict[str, Any] = {
-            "experiment": ws.exp.name, "metric": ws.exp.metric, "fp32_metric": ws.fp32_metric,
-            "max_drop": ws.exp.max_drop, "base": base.name, "high": high.name, "ranking": ranking,
-            "chosen": None if chosen is None else {"k": chosen.k, "flipped": chosen.flipped, **chosen.result.to_json()},
-            "points": [{"k": pt.k, "flipped": pt.flipped, **pt.result.to_json()} for pt in points],
-        }
-        for entry in [doc["chosen"], *doc["points"]]:  # paths as they will be once the folder is in place
-            if entry and entry.get("onnx"):
-                entry["onnx"] = str(out.final / Path(entry["onnx"]).name)
-                entry["encodings"] = str(out.final / Path(entry["encodings"]).name)
-        write_json(out.path / "results.json", doc)
-        sweep.flush()  # exports and records land in the staging folder before it moves
-        final = out.commit()
-        sweep.finish({"fp32_metric": ws.fp32_metric, "chosen_k": chosen.k if chosen else -1.0},
-                     [final / "results.json"])
-    except BaseException:
-        out.abort()
-        raise
-    for pt in points:
-        if pt.result.onnx:
-            pt.result.onnx = str(final / Path(pt.result.onnx).name)
-            pt.result.encodings = str(final / Path(pt.result.encodings or "").name)
-    return LiteMPReport(points, chosen, ranking, final)
+    step = LiteMPStep(ws, ranked, base, high, ks, ranking, workers=pool.size)
+    return run_step(step, ws, pool, tracker, fresh).value
 
 
 def format_litemp(rep: LiteMPReport, metric: str) -> str:
