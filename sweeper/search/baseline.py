@@ -83,7 +83,7 @@ class BaselineStep(Step):
         rows = sorted(self.results.values(), key=lambda r: (r.bops_ratio, r.size_mb, -r.metric))
         passing = [r for r in rows if r.meets_target]
         chosen = passing[0].name if passing else None
-        interpretation = interpret({r.name: r.meets_target for r in rows})
+        interpretation = interpret({r.name: r.meets_target for r in rows}, chosen)
         doc = {
             "experiment": exp.name, "metric": exp.metric, "fp32_metric": ws.fp32_metric, "max_drop": exp.max_drop,
             "chosen": chosen, "interpretation": interpretation,
