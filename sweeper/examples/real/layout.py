@@ -41,8 +41,8 @@ REG_MAX = 7
 CLASSES = ("text", "title", "figure", "figure_caption", "table", "table_caption", "header", "footer",
            "reference", "equation")
 MAX_BOXES = 24
-CALIBRATION_PAGES = 4
-EVALUATION_PAGES = 8
+CALIBRATION_PAGES = 2
+EVALUATION_PAGES = 4
 SCORE_THRESHOLD = 0.4
 NMS_IOU = 0.5
 MATCH_IOU = 0.5
@@ -245,13 +245,13 @@ def _make(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def calibration_data() -> dict[str, np.ndarray]:
-    """4 pages (seed 11)."""
+    """2 pages (seed 11)."""
     images, _ = _make(CALIBRATION_PAGES, 11)
     return {INPUT: images.copy()}
 
 
 def evaluation_data() -> dict[str, np.ndarray]:
-    """8 other pages (seed 12) and their true boxes (``gt``)."""
+    """4 other pages (seed 12) and their true boxes (``gt``)."""
     images, gts = _make(EVALUATION_PAGES, 12)
     return {INPUT: images.copy(), "gt": gts.copy()}
 
