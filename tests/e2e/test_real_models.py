@@ -126,13 +126,19 @@ def test_exported_qdq_reproduces_the_simulation(step1) -> None:  # noqa: ANN001
 
 
 def _rescaled(path: Path, factor: float) -> None:
-    """Multiply every float weight tensor (rank >= 2) of the model at ``path`` by ``factor``, in place:
-    what a retrained model written over the old file looks like to sweeper."""
+    """Multiply every float weight tensor (rank >= 2, an initializer or a Constant node's value, as the
+    Paddle exports store them) of the model at ``path`` by ``factor``, in place: what a retrained model
+    written over the old file looks like to sweeper."""
     model = onnx.load(str(path))
-    for init in model.graph.initializer:
-        arr = numpy_helper.to_array(init)
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    changed = 0
+    for tensor in tensors:
+        arr = numpy_helper.to_array(tensor)
         if arr.dtype == np.float32 and arr.ndim >= 2:
-            init.CopyFrom(numpy_helper.from_array((arr * np.float32(factor)).astype(np.float32), init.name))
+            tensor.CopyFrom(numpy_helper.from_array((arr * np.float32(factor)).astype(np.float32), tensor.name))
+            changed += 1
+    assert changed, f"{path} has no float weight tensor to change"
     onnx.save(model, str(path))
 
 

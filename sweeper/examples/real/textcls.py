@@ -29,7 +29,7 @@ MODEL_FILE = "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
 INPUT = "x"
 HEIGHT, WIDTH = 48, 192
 CALIBRATION_SAMPLES = 64
-EVALUATION_SAMPLES = 200
+EVALUATION_SAMPLES = 128
 
 _WORDS = (
     "the of and to in is was for on that with as by at from his her are this be have not which or had "
@@ -115,7 +115,7 @@ def calibration_data() -> dict[str, np.ndarray]:
 
 
 def evaluation_data() -> dict[str, np.ndarray]:
-    """200 other labelled lines (seed 2), half upright, half turned."""
+    """128 other labelled lines (seed 2), half upright, half turned."""
     images, labels = _make(EVALUATION_SAMPLES, 2)
     return {INPUT: images.copy(), "labels": labels.copy()}
 
