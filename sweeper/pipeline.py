@@ -6,6 +6,7 @@ metric; the WorkerSpec that workers build their QuantSim from.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -43,6 +44,10 @@ class Workspace:
         self.graph = ModelGraph(self.prepared)
         self.evaluator = make_evaluator(exp.metric, exp.higher_is_better, exp.batch_size, list(self.specs),
                                         output_index=self._output_index(), specs=self.specs)
+        # a metric given as a callable (Python API) goes to the workers as it is; documents name it
+        self.metric_spec = exp.metric
+        if not isinstance(exp.metric, str):
+            self.exp = exp = dataclasses.replace(exp, metric=self.evaluator.metric)
         self._load_data()
         self._calibrate()
         from sweeper.cost.latency import CostModel, load_target
@@ -56,23 +61,27 @@ class Workspace:
         self.fingerprint = self._fingerprint()
 
     def _load_model(self) -> onnx.ModelProto:
-        """The user's model: an ONNX file, a function returning its path (or a ModelProto), or a torch factory."""
+        """The user's model: an ONNX file, a torch factory, or a function (an import path, or a callable
+        from the Python API) returning an ONNX path, an ``onnx.ModelProto`` or ``(torch module, example)``."""
         exp = self.exp
-        onnx_path = str(exp.model.onnx) if exp.model.onnx else None
-        if exp.model.onnx_factory:
-            from sweeper.model.intake import resolve_callable
+        factory = exp.model.onnx_factory
+        if factory is None:
+            return load_model(str(exp.model.onnx) if exp.model.onnx else None, exp.model.torch, self.tmp)
+        from sweeper.model.intake import export_torch, load_onnx_file, resolve_callable
 
-            where = f"{exp.path}: model.onnx"
-            try:
-                made = resolve_callable(exp.model.onnx_factory, where)()
-            except SweeperError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                raise SweeperError(where, f"{exp.model.onnx_factory}() failed: {type(exc).__name__}: {exc}") from None
-            if isinstance(made, onnx.ModelProto):
-                return made
-            onnx_path = str(made)
-        return load_model(onnx_path, exp.model.torch, self.tmp)
+        where = f"{exp.path}: model"
+        fn = resolve_callable(factory, where) if isinstance(factory, str) else factory
+        try:
+            made = fn()
+        except SweeperError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise SweeperError(where, f"the model function failed: {type(exc).__name__}: {exc}") from None
+        if isinstance(made, onnx.ModelProto):
+            return made
+        if isinstance(made, tuple) and len(made) == 2 and not isinstance(made[0], str | os.PathLike):
+            return export_torch(lambda: made, self.tmp / "exported.onnx", where)
+        return load_onnx_file(str(made), where)
 
     def _output_index(self) -> int:
         """Which model output the built-in metrics read (``metric_output``; default the first)."""
@@ -93,9 +102,12 @@ class Workspace:
         assert cal_set is not None
         self.cal_set: Dataset = cal_set
         check_dataset(self.cal_set, self.specs, False, f"{where}.calibration")
-        user = not self.evaluator.is_builtin
-        self.eval_data, self.eval_set = load_dataset(exp.data.evaluation, f"{where}.evaluation", opaque_ok=user)
-        if self.eval_set is not None and not user:
+        self.eval_data, self.eval_set = load_dataset(exp.data.evaluation, f"{where}.evaluation",
+                                                     opaque_ok=not self.evaluator.is_builtin)
+        if not self.evaluator.is_builtin:
+            self.eval_set = None  # the user metric's own data: sweeper never feeds it to the model itself
+        else:
+            assert self.eval_set is not None
             check_dataset(self.eval_set, self.specs, self.evaluator.needs_labels, f"{where}.evaluation")
 
     def _calibrate(self) -> None:
@@ -113,6 +125,11 @@ class Workspace:
                                         weight_symmetric=c.weight_symmetric, per_channel=c.per_channel)
         self.table = EncodingTable(graph, self.stats, self.quant_config)
 
+    def sample_size(self) -> int:
+        """Samples in :meth:`sample_feeds`: a batch of batched data, else 1 (one model run)."""
+        ds = self.eval_set if self.eval_set is not None else self.cal_set
+        return min(self.exp.batch_size, ds.samples) if ds.layout == "batched" else 1
+
     def sample_feeds(self) -> dict[str, np.ndarray]:
         """One model run's feeds (warm-up, latency measurement): the first evaluation batch or feed, or the
         calibration data's when only a user metric reads the evaluation data."""
@@ -123,8 +140,6 @@ class Workspace:
         """What a stored metric depends on, by content: the prepared model, the data, the metric (and its
         code, for a user metric), every quantization setting and the sweeper version. Resumed studies are
         keyed by it, so a retrained model or new data at the same path is evaluated afresh."""
-        import dataclasses
-
         from sweeper import __version__
 
         exp = self.exp
@@ -173,7 +188,7 @@ class Workspace:
             probe_tensors = tuple(dict.fromkeys(probe_tensor(self.graph, g.name) for g in self.graph.groups))
         return WorkerSpec(
             model_bytes=self.prepared.SerializeToString(), stats=self.stats, quant_config=self.quant_config,
-            metric=self.exp.metric, higher_is_better=self.exp.higher_is_better, batch_size=self.exp.batch_size,
+            metric=self.metric_spec, higher_is_better=self.exp.higher_is_better, batch_size=self.exp.batch_size,
             input_names=self.graph.input_names, data=self.eval_data, reference=self.reference,
             threads=self.threads, precisions=precisions, probe_data=probe_data, probe_tensors=probe_tensors,
             reuse_mb=float(self.exp.reuse_memory_mb) if reuse else 0.0, sample_feeds=self.sample_feeds(),

@@ -232,6 +232,23 @@ class ModelGraph:
                         "body_nodes": len(ops), "body_weight_ops": weights, "body_parameters": params})
         for b in self.shared_biases():
             out.append({"tensor": b, "reason": "bias read by several nodes: kept float"})
+        out.extend(self._float_parameters())
+        return out
+
+    def _float_parameters(self) -> list[dict[str, object]]:
+        """Constant float tensors (2-D and up) that no weight quantizer covers, per reading node: the
+        weights of GRU/LSTM/RNN, embedding tables of a Gather, a constant first MatMul input..."""
+        covered = set(self.weight_quantizers) | set(self.bias_quantizers)
+        out: list[dict[str, object]] = []
+        for n in self.nodes:
+            tensors = [i for i in n.input if i in self.initializers and i not in covered
+                       and self.initializers[i].data_type == onnx.TensorProto.FLOAT
+                       and len(self.initializers[i].dims) >= 2]
+            if n.op_type in DATA_MOVEMENT - {"Gather"} or not tensors:
+                continue
+            params = sum(int(np.prod(self.initializers[t].dims)) for t in tensors)
+            out.append({"node": n.name, "op": n.op_type, "tensors": tensors, "parameters": params,
+                        "reason": f"{n.op_type} parameters are not quantized (kept float)"})
         return out
 
     def _activation_quantizers(self) -> list[str]:

@@ -58,19 +58,21 @@ def load_onnx_file(path: str | Path, where: str = "model.onnx") -> onnx.ModelPro
     return model
 
 
-def export_torch(factory_path: str, out_path: Path, where: str = "model.torch") -> onnx.ModelProto:
-    """Call ``factory()`` -> ``(module, example_input)`` and export it with a dynamic batch axis."""
+def export_torch(factory_path: str | Any, out_path: Path, where: str = "model.torch") -> onnx.ModelProto:
+    """Call ``factory()`` -> ``(module, example_input)`` (an import path or a callable) and export it with a
+    dynamic batch axis."""
     try:
         import torch
     except ImportError:
         raise SweeperError(where, "PyTorch is not installed: pip install torch==2.13.0 (CPU)") from None
-    factory = resolve_callable(factory_path, where)
+    factory = resolve_callable(factory_path, where) if isinstance(factory_path, str) else factory_path
     try:
         made = factory()
     except Exception as exc:  # noqa: BLE001
-        raise SweeperError(where, f"{factory_path}() failed: {type(exc).__name__}: {exc}") from None
+        raise SweeperError(where, f"{getattr(factory, '__name__', factory_path)}() failed: "
+                                  f"{type(exc).__name__}: {exc}") from None
     if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module)):
-        raise SweeperError(where, f"{factory_path}() must return (torch.nn.Module, example_input)")
+        raise SweeperError(where, "the torch factory must return (torch.nn.Module, example_input)")
     module, example = made
     module.eval()
     if isinstance(example, dict):

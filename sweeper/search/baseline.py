@@ -100,6 +100,7 @@ def run_baseline(ws: Workspace, pool, tracker: Tracker | None, fresh: bool = Fal
 
 
 def format_table(rep: BaselineReport, metric: str) -> str:
+    metric = metric.rsplit(":", 1)[-1][:10]  # a user metric by its function name
     head = (f"{'precision':<10} {metric:>10} {'drop':>9} {'BOPs':>7} {'size MB':>8} {'est ms':>9} {'eval s':>7}"
             "  target")
     lines = [head, "-" * len(head),

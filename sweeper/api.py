@@ -1,0 +1,240 @@
+"""The Python API: build an experiment in code and run any workflow step on it.
+
+>>> import sweeper
+>>> exp = sweeper.experiment("my_model", model="model.onnx", calibration=cal_feeds, evaluation=eval_data,
+...                          metric="top1", max_drop=0.01)
+>>> with sweeper.Session(exp) as s:
+...     base = s.baseline()            # the same objects the CLI writes as JSON
+...     amp = s.amp(candidates=["w4a8", "w8a8", "fp16"])
+...     s.export("w8a8", "model_w8a8.onnx")
+
+``model`` is an ONNX path, an ``onnx.ModelProto``, a ``torch.nn.Module`` (with ``example_input``) or a
+function returning any of those; data is a dict of arrays (samples along axis 0), a list (or iterable) of
+feed dicts passed to the model as given, or a function returning either; ``metric`` is a built-in name or
+a callable ``fn(run, data) -> float`` that receives the evaluation data exactly as given. The CLI is a thin
+layer over this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from sweeper.config.experiment import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CANDIDATES,
+    DEFAULT_REUSE_MB,
+    POOLS,
+    CalibrationSpec,
+    DataSpec,
+    Experiment,
+    ModelSpec,
+)
+from sweeper.errors import SweeperError
+from sweeper.quant.precision import Precision
+from sweeper.quant.profile import Profile
+
+ModelLike = Any  # str | os.PathLike | onnx.ModelProto | torch.nn.Module | Callable[[], ...]
+DataLike = Any  # Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]] | Callable[[], ...]
+
+
+def _model_spec(model: ModelLike, example_input: Any) -> ModelSpec:
+    """Any model form as a ModelSpec (intake: :meth:`sweeper.pipeline.Workspace._load_model`)."""
+    if isinstance(model, str | os.PathLike):
+        path = Path(model).expanduser().resolve()
+        if not path.is_file():
+            raise SweeperError("model", f"model file not found: {path}")
+        return ModelSpec(onnx=path, torch=None)
+    try:
+        import torch
+
+        if isinstance(model, torch.nn.Module):
+            if example_input is None:
+                raise SweeperError("example_input", "a torch.nn.Module needs example_input (a tensor, a tuple "
+                                                    "of tensors, or a dict of named tensors) to be exported")
+            module = model
+            return ModelSpec(onnx=None, torch=None, onnx_factory=lambda: (module, example_input))
+    except ImportError:
+        pass
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+        return ModelSpec(onnx=None, torch=None, onnx_factory=lambda: proto)
+    if callable(model):
+        return ModelSpec(onnx=None, torch=None, onnx_factory=model)
+    raise SweeperError("model", f"got {type(model).__name__}: expected an ONNX path, an onnx.ModelProto, a "
+                                "torch.nn.Module or a function returning one")
+
+
+def experiment(name: str, model: ModelLike, calibration: DataLike, evaluation: DataLike | None = None, *,
+               metric: str | Callable[..., float] = "top1", higher_is_better: bool = True,
+               max_drop: float = 0.01, candidates: Iterable[str | Precision] = DEFAULT_CANDIDATES,
+               batch_size: int = DEFAULT_BATCH_SIZE, example_input: Any = None, metric_output: str | None = None,
+               output: str | os.PathLike[str] | None = None, pool: str = "local", workers: int = 1,
+               threads_per_worker: int = 1, calibration_scheme: str = "minmax", calibration_samples: int | None = None,
+               act_symmetric: bool = False, weight_symmetric: bool = True, per_channel: bool = True,
+               tracking_uri: str | None = None, study_storage: str | None = None, cost_target: str = "npu_generic",
+               reuse_memory_mb: int = DEFAULT_REUSE_MB) -> Experiment:
+    """An :class:`~sweeper.config.experiment.Experiment` built in code (the same object an experiment file
+    gives). ``evaluation`` defaults to the calibration data. Errors are :class:`~sweeper.errors.SweeperError`
+    naming the argument."""
+    if not name or any(c in name for c in "/\\ "):
+        raise SweeperError("name", f"found {name!r}: expected a non-empty name without spaces or slashes")
+    if isinstance(metric, str) and metric in ("top1", "cosine", "sqnr") and not higher_is_better:
+        raise SweeperError("higher_is_better", f"built-in metric {metric} is higher-is-better")
+    if not (isinstance(max_drop, int | float) and max_drop >= 0):
+        raise SweeperError("max_drop", f"found {max_drop!r}: expected a number >= 0")
+    for arg, value, least in (("batch_size", batch_size, 1), ("workers", workers, 1),
+                              ("threads_per_worker", threads_per_worker, 1), ("reuse_memory_mb", reuse_memory_mb, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise SweeperError(arg, f"found {value!r}: expected a whole number >= {least}")
+    if pool not in POOLS:
+        raise SweeperError("pool", f"found {pool!r}: expected one of {', '.join(POOLS)}")
+    try:
+        precs = tuple(dict.fromkeys(c if isinstance(c, Precision) else Precision.parse(c) for c in candidates))
+    except ValueError as exc:
+        raise SweeperError("candidates", str(exc)) from None
+    if not precs:
+        raise SweeperError("candidates", "expected at least one precision, e.g. ['w8a8', 'w8a16']")
+    out = Path(output) if output is not None else Path("runs") / name
+    return Experiment(
+        name=name, path=Path(f"<{name}>"), model=_model_spec(model, example_input),
+        data=DataSpec(calibration=calibration, evaluation=calibration if evaluation is None else evaluation),
+        metric=metric, higher_is_better=higher_is_better, batch_size=batch_size, max_drop=float(max_drop),
+        candidates=precs, calibration=CalibrationSpec(scheme=calibration_scheme, samples=calibration_samples,
+                                                      act_symmetric=act_symmetric, weight_symmetric=weight_symmetric,
+                                                      per_channel=per_channel),
+        workers=workers, pool=pool, threads_per_worker=threads_per_worker, output=out.expanduser().resolve(),
+        tracking_uri=tracking_uri, study_storage=study_storage, cost_target=cost_target,
+        reuse_memory_mb=reuse_memory_mb, metric_output=metric_output)
+
+
+class Session:
+    """One prepared experiment (model, calibration, FP32 reference: built once) and the steps run on it.
+
+    ``tracking=False`` skips MLflow; ``pool``/``workers``/``address`` override the experiment's pool. Use it as
+    a context manager (or call :meth:`close`) so the worker pool and temporary files are released."""
+
+    def __init__(self, exp: Experiment | str | os.PathLike[str], *, tracking: bool = True, pool: str | None = None,
+                 workers: int | None = None, address: str | None = None) -> None:
+        from sweeper.config.experiment import load_experiment
+        from sweeper.pipeline import Workspace
+
+        if not isinstance(exp, Experiment):
+            exp = load_experiment(exp)
+        overrides = {k: v for k, v in (("pool", pool), ("workers", workers)) if v is not None}
+        self.exp = dataclasses.replace(exp, **overrides) if overrides else exp
+        self.address = address
+        self.ws = Workspace(self.exp)
+        self.tracker = None
+        if tracking:
+            from sweeper.tracking.tracker import Tracker
+
+            self.tracker = Tracker(self.exp.name, self.exp.tracking_uri)
+        self._pool: Any = None
+        self._needs: Any = None
+
+    # -- the pool ---------------------------------------------------------------------------------
+    def pool(self, needs: Any) -> Any:
+        """A worker pool that can run a step with ``needs`` (a :class:`~sweeper.search.step.PoolNeeds`);
+        the current one is reused when it covers them."""
+        from sweeper.search.step import PoolNeeds
+
+        needs = needs or PoolNeeds()
+        if self._pool is not None and self._needs is not None and self._needs.merge(needs) == self._needs:
+            return self._pool
+        merged = needs if self._needs is None else self._needs.merge(needs)
+        if self._pool is not None:
+            self._pool.close()
+        self._pool = self.ws.pool(address=self.address, extra_precisions=merged.extra_precisions,
+                                  probes=merged.probes, reuse=merged.reuse)
+        self._needs = merged
+        return self._pool
+
+    def run_step(self, step: Any, fresh: bool = False) -> Any:
+        """Run any :class:`~sweeper.search.step.Step` and return its result object."""
+        from sweeper.search.step import run_step
+
+        return run_step(step, self.ws, self.pool(step.pool_needs()), self.tracker, fresh).value
+
+    # -- the steps --------------------------------------------------------------------------------
+    def baseline(self, fresh: bool = False) -> Any:
+        """Step 1: every candidate uniformly (a :class:`~sweeper.search.baseline.BaselineReport`)."""
+        from sweeper.search.baseline import BaselineStep
+
+        return self.run_step(BaselineStep(self.ws), fresh)
+
+    def analyze(self, base: str | Precision = "w8a8", ranking: str = "enable_one", fresh: bool = False) -> Any:
+        """Step 2a: per-group sensitivity (an :class:`~sweeper.search.analyzer.AnalysisReport`)."""
+        from sweeper.search.analyzer import AnalyzeStep
+
+        return self.run_step(AnalyzeStep(self.ws, _prec(base, "base"), ranking), fresh)
+
+    def litemp(self, base: str | Precision = "w8a8", high: str | Precision = "fp16",
+               ks: tuple[float, ...] | None = None, ranking: str = "enable_one", fresh: bool = False) -> Any:
+        """Step 2b: flip the most sensitive groups to ``high`` (a :class:`~sweeper.search.litemp.LiteMPReport`);
+        runs the analysis first when there is no ranking for ``base``."""
+        from sweeper.search.analyzer import AnalyzeStep
+        from sweeper.search.litemp import DEFAULT_KS, LiteMPStep, load_ranking
+
+        b, h = _prec(base, "base"), _prec(high, "high")
+        ranked = load_ranking(self.ws, b, ranking)
+        if ranked is None:
+            ranked = [g["name"] for g in self.run_step(AnalyzeStep(self.ws, b, ranking), fresh).doc["groups"]]
+        step = LiteMPStep(self.ws, ranked, b, h, tuple(ks or DEFAULT_KS), ranking, workers=self.exp.workers)
+        return self.run_step(step, fresh)
+
+    def amp(self, candidates: Iterable[str | Precision] | None = None, algorithm: str = "greedy",
+            cost: str = "bops", objective: str = "multi", trials: int = 100, timeout: float | None = None,
+            fresh: bool = False, measure: bool = True) -> Any:
+        """Step 3: automatic mixed precision (an :class:`~sweeper.search.amp.AMPReport`)."""
+        from sweeper.search.amp import run_amp
+
+        cands = [_prec(c, "candidates") for c in (candidates or self.exp.candidates)]
+        return run_amp(self.ws, self.pool(None), self.tracker, candidates=cands, algorithm=algorithm, cost=cost,
+                       objective=objective, trials=trials, timeout=timeout, fresh=fresh, measure=measure)
+
+    def export(self, profile: str | Precision | Profile | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+        """One profile (a uniform precision, a Profile, or an AIMET encodings file) as QDQ ONNX plus
+        ``.encodings`` next to it; returns the ONNX path."""
+        from sweeper.export.encodings_io import read_encodings, save_export
+        from sweeper.export.qdq import export_qdq
+
+        ws = self.ws
+        if isinstance(profile, os.PathLike) or (isinstance(profile, str) and profile.endswith(".encodings")):
+            prof = ws.table.load_aimet(read_encodings(profile))
+        elif isinstance(profile, Profile):
+            prof = profile
+        else:
+            prof = Profile.uniform([g.name for g in ws.graph.groups], _prec(profile, "profile"))
+        path = Path(out)
+        save_export(export_qdq(ws.graph, ws.table, prof), ws.table.to_aimet(prof), path, path.with_suffix(".encodings"))
+        return path
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        self.ws.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _prec(p: str | Precision, arg: str) -> Precision:
+    if isinstance(p, Precision):
+        return p
+    try:
+        return Precision.parse(p)
+    except ValueError as exc:
+        raise SweeperError(arg, str(exc)) from None
+
+
+__all__ = ["Session", "experiment"]
