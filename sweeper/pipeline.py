@@ -59,6 +59,9 @@ class Workspace:
         self.reference = self.evaluator.reference_outputs(run, data) if self.evaluator.needs_reference else None
         self.fp32_metric = float(self.evaluator.evaluate(run, data, self.reference))
         self.fingerprint = self._fingerprint()
+        # profile key -> {"metric", "eval_seconds"}: every profile evaluated in this workspace, whichever step
+        # evaluated it (sweeper.search.evaluate.Sweep reads and fills it)
+        self.evaluated: dict[str, dict[str, float]] = {}
 
     def _load_model(self) -> onnx.ModelProto:
         """The user's model: an ONNX file, a torch factory, or a function (an import path, or a callable

@@ -78,7 +78,11 @@ class Sweep:
         exp = ws.exp
         groups = [g.name for g in ws.graph.groups]
         self.study = SweepStudy(default_storage(ws), study_name(exp.name, step, ws.fingerprint), fresh=fresh)
-        self.done = self.study.completed()
+        own = self.study.completed()
+        ws.evaluated.update(own)
+        # profiles an earlier step of this workflow evaluated are taken from it (one evaluation per profile
+        # per workflow); they are this step's results but stay logged under the step that evaluated them
+        self.done = {**ws.evaluated, **own}
         if tracker is not None:
             base = {"step": step, "strategy": strategy, "calibration_scheme": exp.calibration.scheme,
                     "candidates": ",".join(p.name for p in exp.candidates), "max_drop": exp.max_drop,
@@ -154,6 +158,7 @@ class Sweep:
 
     def _fresh(self, name: str, res: Result) -> Evaluated:
         self.done[res.profile.key] = {"metric": res.metric, "eval_seconds": res.eval_seconds}
+        self.ws.evaluated[res.profile.key] = self.done[res.profile.key]
         ev = self._evaluated(name, res.profile, res.metric, res.eval_seconds, False)
         return self._submit(ev, res.profile, res)
 
