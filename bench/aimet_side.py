@@ -25,6 +25,13 @@ reference run is that number: AIMET's pareto value 4.76 relative to its baseline
 
 Prints exactly one JSON line on stdout (logs go to stderr):
 ``{"wall_s", "evaluations", "metric", "bops_ratio_vs_w8a8", "layers": {...}, "aimet_onnx_version", ...}``.
+
+``--parity [--precisions w8a8,w4a8,w4a4,w2a8]`` (used by ``bench/aimet_parity.py``) runs no AMP: for each
+uniform precision it builds a fresh default sim (``param_type=int<w>``, ``activation_type=int<a>``, min-max),
+computes encodings on ``input``, and prints one JSON line with, per precision, the sim's top-1, the top-1 of
+its QDQ export in plain ONNX Runtime (optimizations off) with float biases (AIMET's default export) and with
+int32 biases (``export_int32_bias=True``), and every enabled quantizer's encodings (activations per tensor,
+weights per channel: bitwidth, scale, offset, min, max).
 """
 
 from __future__ import annotations
@@ -165,7 +172,13 @@ def main() -> None:
     ap.add_argument("--check-uniform", action="store_true",
                     help="also simulate w8a8, w4a8, w4a4, w2a8 uniformly (untimed) to compare with the reference")
     ap.add_argument("--verbose", action="store_true", help="AIMET's INFO logs on stderr")
+    ap.add_argument("--parity", action="store_true",
+                    help="no AMP: per-quantizer encodings and metrics of uniform precisions (bench/aimet_parity.py)")
+    ap.add_argument("--precisions", default="w8a8,w4a8,w4a4,w2a8", help="with --parity: uniform wNaM precisions")
     args = ap.parse_args()
+    if args.parity:
+        parity_main(args)
+        return
     t_process = time.perf_counter()
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
@@ -277,6 +290,79 @@ def check_uniform(model, forward_pass, calib, top1, QuantizationSimModel) -> dic
         sim.compute_encodings(lambda session: forward_pass(session, calib))
         res[name] = top1(sim.session)
     return res
+
+
+def _quantizer_encodings(q) -> dict | None:  # noqa: ANN001 - an aimet_onnx QcQuantizeOp
+    """An enabled quantizer's encodings as plain JSON (one entry per channel for per-channel weights)."""
+    if not q.enabled:
+        return None
+    encs = q.get_encodings() or []
+    return {"bw": int(q.bitwidth), "symmetric": bool(q.use_symmetric_encodings),
+            "scale": [float(e.delta) for e in encs], "offset": [int(round(e.offset)) for e in encs],
+            "min": [float(e.min) for e in encs], "max": [float(e.max) for e in encs]}
+
+
+def _qdq_metric(sim, top1, int32_bias: bool) -> float | str:  # noqa: ANN001
+    """Top-1 of the sim's QDQ export in plain ONNX Runtime (optimizations off), or why it cannot be exported."""
+    import onnxruntime as ort
+
+    try:
+        qdq = sim.to_onnx_qdq(export_int32_bias=int32_bias, prequantize_constants=True)
+    except Exception as exc:  # noqa: BLE001 - AIMET refuses e.g. 2-bit QDQ; that is a result, not a crash
+        return f"not exported: {type(exc).__name__}: {str(exc)[:160]}"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    return top1(ort.InferenceSession(qdq.SerializeToString(), so, providers=["CPUExecutionProvider"]))
+
+
+def parity_main(args: argparse.Namespace) -> None:
+    """``--parity``: encodings and metrics of uniform precisions, one JSON line on stdout."""
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    from aimet_onnx.common.utils import AimetLogger
+    from aimet_onnx.quantsim import QuantizationSimModel
+
+    if not args.verbose:
+        for area in AimetLogger.LogAreas:
+            AimetLogger.set_area_logger_level(area, logging.ERROR)
+    data = np.load(args.data)
+    calib = np.ascontiguousarray(data["input"], dtype=np.float32)
+    x_eval = np.ascontiguousarray(data["eval_input"], dtype=np.float32)
+    y_eval = np.asarray(data["eval_labels"])
+    input_name = onnx.load(args.model).graph.input[0].name
+
+    def top1(session) -> float:  # noqa: ANN001
+        correct = 0
+        for i in range(0, len(x_eval), args.batch_size):
+            logits = session.run(None, {input_name: x_eval[i:i + args.batch_size]})[0]
+            correct += int((logits.argmax(axis=1) == y_eval[i:i + args.batch_size]).sum())
+        return correct / len(x_eval)
+
+    def forward_pass(session) -> None:  # noqa: ANN001
+        for i in range(0, len(calib), args.batch_size):
+            session.run(None, {input_name: calib[i:i + args.batch_size]})
+
+    out: dict = {"aimet_onnx_version": version("aimet-onnx"), "onnxruntime_version": version("onnxruntime"),
+                 "precisions": {}}
+    for name in args.precisions.split(","):
+        m = re.fullmatch(r"w(\d+)a(\d+)", name)
+        if not m:
+            raise SystemExit(f"--precisions: {name!r} is not wNaM")
+        sim = QuantizationSimModel(onnx.load(args.model), param_type=f"int{m.group(1)}",
+                                   activation_type=f"int{m.group(2)}", quant_scheme="min_max",
+                                   session_options_kwargs=SESSION_OPTIONS)
+        sim.compute_encodings(forward_pass)
+        qs = sim.qc_quantize_op_dict
+        out["precisions"][name] = {
+            "metric_sim": top1(sim.session),
+            "metric_qdq_float_bias": _qdq_metric(sim, top1, int32_bias=False),
+            "metric_qdq_int32_bias": _qdq_metric(sim, top1, int32_bias=True),
+            "activations": {t: e for t in sim.activation_names if t in qs
+                            and (e := _quantizer_encodings(qs[t])) is not None},
+            "params": {p: e for p in sim.param_names if p in qs and (e := _quantizer_encodings(qs[p])) is not None},
+        }
+        print(f"[aimet_side] {name}: sim top-1 {out['precisions'][name]['metric_sim']:.4f}", file=sys.stderr)
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":
