@@ -31,7 +31,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sweeper.model.graph import ModelGraph
-from sweeper.model.opset import MS_DOMAIN, PER_CHANNEL_OPSET, Q16_OPSET, ai_onnx_opset, convert_opset
+from sweeper.model.opset import (
+    MS_DOMAIN,
+    PER_CHANNEL_OPSET,
+    Q16_OPSET,
+    ai_onnx_opset,
+    convert_opset,
+    int_container,
+)
 from sweeper.quant.bias import BiasEncoding
 from sweeper.quant.encoding import Encoding
 from sweeper.quant.fp16 import FP16_MAX, to_fp16
@@ -51,18 +58,11 @@ class _Container:
 def _container(enc: Encoding, wide_ok: bool, int4: bool = True) -> _Container:
     """The ONNX integer type an integer encoding is stored in (``wide_ok``: opset >= 21 available;
     ``int4``: 4/2-bit encodings may use int4/uint4, else an 8-bit container behind a Clip)."""
-    signed = enc.signed
     bits = enc.bitwidth
-    if bits == 8:
-        return _Container(TensorProto.INT8 if signed else TensorProto.UINT8, "", False)
-    if bits == 16:
-        dt = TensorProto.INT16 if signed else TensorProto.UINT16
-        return _Container(dt, "" if wide_ok else MS_DOMAIN, False)
-    if bits in (2, 4):
-        if wide_ok and int4:
-            return _Container(TensorProto.INT4 if signed else TensorProto.UINT4, "", bits < 4)
-        return _Container(TensorProto.INT8 if signed else TensorProto.UINT8, "", True)
-    raise ValueError(f"cannot export a {bits}-bit integer encoding (supported: 2, 4, 8, 16 bits)")
+    dtype = int_container(bits, enc.signed, int4_ok=wide_ok and int4)
+    narrow = dtype in (TensorProto.INT4, TensorProto.UINT4)
+    clip = bits < 8 and (not narrow or bits < 4)
+    return _Container(dtype, MS_DOMAIN if bits == 16 and not wide_ok else "", clip)
 
 
 def _int_tensor(name: str, dtype: int, values: np.ndarray) -> onnx.TensorProto:

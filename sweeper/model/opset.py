@@ -32,6 +32,18 @@ def q16_domain(opset: int) -> str:
     return "" if opset >= Q16_OPSET else MS_DOMAIN
 
 
+def int_container(bits: int, signed: bool, int4_ok: bool = False) -> int:
+    """The ONNX integer type a ``bits``-bit grid is stored in: int8/uint8, int16/uint16, and for 2/4 bits
+    int4/uint4 where allowed (``int4_ok``), else the 8-bit type (behind a Clip to the narrower grid)."""
+    if bits == 16:
+        return onnx.TensorProto.INT16 if signed else onnx.TensorProto.UINT16
+    if bits in (2, 4) and int4_ok:
+        return onnx.TensorProto.INT4 if signed else onnx.TensorProto.UINT4
+    if bits in (2, 4, 8):
+        return onnx.TensorProto.INT8 if signed else onnx.TensorProto.UINT8
+    raise ValueError(f"no integer container for a {bits}-bit encoding (supported: 2, 4, 8, 16 bits)")
+
+
 def convert_opset(model: onnx.ModelProto, target: int,
                   check: Callable[[onnx.ModelProto], list[str]] | None = None) -> onnx.ModelProto | None:
     """``model`` at ai.onnx opset ``target``, or None when ``onnx.version_converter`` cannot do it faithfully.

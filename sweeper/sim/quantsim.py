@@ -29,7 +29,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sweeper.model.graph import ModelGraph
-from sweeper.model.opset import MS_DOMAIN, ai_onnx_opset, q16_domain
+from sweeper.model.opset import MS_DOMAIN, ai_onnx_opset, int_container, q16_domain
+from sweeper.model.session import ort_session
 from sweeper.quant.encoding import Encoding
 from sweeper.quant.fp16 import FP16_MAX
 from sweeper.quant.precision import FP32, Precision
@@ -134,8 +135,7 @@ class QuantSim:
         g = self.graph
         src = g.model
         self._q16_domain = q16_domain(ai_onnx_opset(src))
-        t8 = TensorProto.INT8 if self.signed else TensorProto.UINT8
-        t16 = TensorProto.INT16 if self.signed else TensorProto.UINT16
+        t8, t16 = int_container(8, self.signed), int_container(16, self.signed)  # the export's containers
         in_layers = {n.name for layer in self.layers.values() for n in layer.nodes}
         layer_by_first = {layer.nodes[0].name: layer for layer in self.layers.values()}
         layer_ops = {layer.nodes[0].name for layer in self.layers.values()}
@@ -296,19 +296,13 @@ class QuantSim:
         return [helper.make_node("If", [names["m8"]], [out], then_branch=b8, else_branch=rest, name=p + "fq")]
 
     def _session(self):  # noqa: ANN202 - onnxruntime has no stubs
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        return ort.InferenceSession(self.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return ort_session(self.model, self.threads)
 
     # -- profiles ---------------------------------------------------------------------------------
     def _act_feeds(self, t: str, enc: Encoding | None) -> dict[str, np.ndarray]:
         p = f"{t}::"
-        sdt8 = np.int8 if self.signed else np.uint8
-        sdt16 = np.int16 if self.signed else np.uint16
+        sdt8 = helper.tensor_dtype_to_np_dtype(int_container(8, self.signed))
+        sdt16 = helper.tensor_dtype_to_np_dtype(int_container(16, self.signed))
         feeds = {p + "scale": _scalar(1.0, np.float32), p + "zp8": _scalar(0, sdt8), p + "zp16": _scalar(0, sdt16),
                  p + "lo": _scalar(0.0, np.float32), p + "hi": _scalar(0.0, np.float32)}
         for flag in ("m8", "m16", "mlow", "mf16"):

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from sweeper.model.session import ort_session
 from sweeper.quant.profile import Profile
 from sweeper.sim.quantsim import QuantSim
 
@@ -241,13 +242,7 @@ class PrefixReuse:
 
     # -- sessions ---------------------------------------------------------------------------------
     def _session(self, model: onnx.ModelProto) -> Any:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.sim.threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return ort_session(model, self.sim.threads)
 
     def _capture_model(self) -> onnx.ModelProto:
         m = onnx.ModelProto()
