@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import math
 import os
+import signal
+import socket
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from sweeper.errors import SweeperError
 
@@ -22,21 +27,127 @@ def _quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with sweeper's error format: one line (what, where, expected), exit code 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"sweeper: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def _whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [minimum, maximum]; anything else is a one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise argparse.ArgumentTypeError(f"found {text!r}: expected a whole number {bounds}")
+        return value
+
+    return parse
+
+
+def _real(minimum: float, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number >= minimum (> minimum when ``above``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < minimum or (above and value == minimum):
+            raise argparse.ArgumentTypeError(f"found {text!r}: expected a number {'>' if above else '>='} {minimum:g}")
+        return value
+
+    return parse
+
+
+class _Choices:
+    """The allowed values of an option, read from the module that owns them only when they are needed (a
+    check, ``--help``), so that building the parser imports nothing heavy."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def _values(self) -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+
+class _NotForExport(argparse.Action):
+    """An option of the other commands that ``export`` would ignore: rejected, with the reason."""
+
+    def __init__(self, option_strings: list[str], dest: str, why: str, nargs: int | str = 0, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=nargs, help=argparse.SUPPRESS, **kw)
+        self.why = why
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"argument {option_string}: not an option of export ({self.why})")
+
+
+def _check_address(text: str) -> None:
+    """``--address``: ``auto``, or host:port / ray://host:port of a running Ray head that accepts a connection
+    (checked before any work: Ray itself waits for an unreachable head forever)."""
+    if text == "auto":
+        return
+    host, sep, port = text.removeprefix("ray://").rpartition(":")
+    expected = "expected auto, HOST:PORT or ray://HOST:PORT of a running Ray head (`ray start --head` prints it)"
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SweeperError("--address", f"found {text!r}: {expected}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SweeperError("--address", f"no Ray head answers at {host}:{port} ({reason}): {expected}") from None
+
+
+def _check_tracking(configured: str | None) -> None:
+    """The tracking store a step will log to, checked before any work (the experiment file's tracking.uri is
+    checked when it is read; this covers MLFLOW_TRACKING_URI)."""
+    from sweeper.config.experiment import tracking_uri_problem
+    from sweeper.tracking.tracker import resolve_uri
+
+    uri = resolve_uri(configured)
+    problem = tracking_uri_problem(uri)
+    if problem:
+        raise SweeperError("tracking.uri" if configured else "MLFLOW_TRACKING_URI", problem)
+
+
+def _pool_arguments(args: argparse.Namespace) -> None:
+    """Check --address (and that it goes with a Ray pool) before any work."""
+    if getattr(args, "address", None):
+        if getattr(args, "pool", None) == "local":
+            raise SweeperError("--address", "joins a Ray cluster: expected --pool ray (or no --pool), not --pool local")
+        _check_address(args.address)
+
+
 def _workspace(args: argparse.Namespace):  # noqa: ANN202
-    from sweeper.config.experiment import load_experiment
+    from sweeper.config.experiment import load_experiment, writable_dir_problem
     from sweeper.pipeline import Workspace
 
+    _pool_arguments(args)
     exp = load_experiment(args.experiment)
+    if not getattr(args, "no_tracking", True):
+        _check_tracking(exp.tracking_uri)
     overrides: dict[str, object] = {}
     if getattr(args, "output", None):
-        overrides["output"] = Path(args.output)
+        out = Path(os.path.abspath(os.path.expanduser(args.output)))
+        problem = writable_dir_problem(out)
+        if problem:
+            raise SweeperError("--output", problem)
+        overrides["output"] = out
     if getattr(args, "pool", None):
         overrides["pool"] = args.pool
-    if getattr(args, "workers", None):
+    if getattr(args, "workers", None) is not None:
         overrides["workers"] = args.workers
     if getattr(args, "max_drop", None) is not None:
-        if args.max_drop < 0:
-            raise SweeperError("--max-drop", f"found {args.max_drop}: expected a number >= 0")
         overrides["max_drop"] = args.max_drop
     exp = dataclasses.replace(exp, **overrides)
     print(f"sweeper: preparing {exp.name} (model, calibration, FP32 reference)...", file=sys.stderr)
@@ -118,19 +229,11 @@ def _precision(text: str, flag: str):  # noqa: ANN202
         raise SweeperError(flag, str(exc)) from None
 
 
-def _ranking(text: str) -> str:
-    from sweeper.search.analyzer import RANKINGS
-
-    if text not in RANKINGS:
-        raise SweeperError("--rank", f"found {text!r}: expected one of {', '.join(RANKINGS)}")
-    return text
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
     from sweeper.search.analyzer import analysis_precisions, format_analysis, run_analyze
 
     base = _precision(args.base, "--base")
-    ranking = _ranking(args.rank)
+    ranking = args.rank
     ws = _workspace(args)
     tracker = _tracker(ws, args)
     pool = ws.pool(address=args.address, extra_precisions=analysis_precisions(base), probes=True, reuse=True)
@@ -151,7 +254,7 @@ def cmd_litemp(args: argparse.Namespace) -> int:
 
     base = _precision(args.base, "--base")
     high = _precision(args.high, "--high")
-    ranking = _ranking(args.rank)
+    ranking = args.rank
     try:
         ks = tuple(float(k) for k in args.k.split(","))
     except ValueError:
@@ -180,14 +283,8 @@ def cmd_litemp(args: argparse.Namespace) -> int:
 
 
 def cmd_amp(args: argparse.Namespace) -> int:
-    from sweeper.search.amp import ALGORITHMS, COSTS, OBJECTIVES, run_amp
+    from sweeper.search.amp import run_amp
 
-    for flag, value, allowed in [("--algorithm", args.algorithm, ALGORITHMS), ("--cost", args.cost, COSTS),
-                                 ("--objective", args.objective, OBJECTIVES)]:
-        if value not in allowed:
-            raise SweeperError(flag, f"found {value!r}: expected one of {', '.join(allowed)}")
-    if args.trials < 1:
-        raise SweeperError("--trials", f"found {args.trials}: expected a whole number >= 1")
     candidates = None
     if args.candidates:
         candidates = [_precision(c.strip(), "--candidates") for c in args.candidates.split(",") if c.strip()]
@@ -236,8 +333,13 @@ def _print_amp(ws, rep) -> None:  # noqa: ANN001
 def cmd_batch(args: argparse.Namespace) -> int:
     from sweeper.search.batch import experiment_files, format_summary, log_summary, run_batch, write_summary
 
+    from sweeper.config.experiment import writable_dir_problem
+
+    _pool_arguments(args)
     files = experiment_files(args.experiments)
-    out = Path(args.output) if args.output else None
+    out = Path(os.path.abspath(os.path.expanduser(args.output))) if args.output else None
+    if out is not None and writable_dir_problem(out):
+        raise SweeperError("--output", str(writable_dir_problem(out)))
     rows = run_batch(files, pool_kind=args.pool, workers=args.workers, address=args.address,
                      tracking=not args.no_tracking, output=out)
     summary = (out or Path("runs")) / "batch_summary.json"
@@ -251,23 +353,56 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0 if not any(r.error for r in rows) else 1
 
 
+def _export_path(text: str) -> Path:
+    """``--out``: a .onnx path whose folder exists or can be created and is writable (checked before any work)."""
+    from sweeper.config.experiment import writable_dir_problem
+
+    out = Path(os.path.abspath(os.path.expanduser(text)))
+    if out.suffix != ".onnx":
+        raise SweeperError("--out", f"found {text!r}: expected a path ending in .onnx (the encodings are written "
+                                    "next to it as .encodings)")
+    if out.is_dir():
+        raise SweeperError("--out", f"{out} is a directory: expected the path of the .onnx file to write")
+    problem = writable_dir_problem(out.parent)
+    if problem:
+        raise SweeperError("--out", problem)
+    return out
+
+
+def _encodings_profile(ws, path: str, doc: dict[str, Any]):  # noqa: ANN001, ANN202
+    """The profile an AIMET encodings document implies for this model; a file made for another model or an entry
+    the model cannot take (e.g. a scale count that is not the channel count) is a one-line error."""
+    from sweeper.export.encodings_io import check_against_model
+
+    graph = ws.graph
+    weight_scales = {name: (graph.weight_array(name).shape[q.axis] if q.axis is not None else 1)
+                     for name, q in graph.weight_quantizers.items()}
+    try:
+        check_against_model(doc, path, weight_scales, set(graph.activations))
+        return ws.table.load_aimet(doc)
+    except ValueError as exc:
+        raise SweeperError("--encodings", str(exc)) from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from sweeper.export.encodings_io import read_encodings, save_export
     from sweeper.export.qdq import export_qdq
-    from sweeper.quant.precision import Precision
     from sweeper.quant.profile import Profile
 
+    out = _export_path(args.out)
+    prec = _precision(args.precision, "--precision") if args.precision else None
+    doc = None
+    if args.encodings:
+        try:
+            doc = read_encodings(args.encodings)
+        except ValueError as exc:
+            raise SweeperError("--encodings", str(exc)) from None
     ws = _workspace(args)
     try:
-        if args.encodings:
-            profile = ws.table.load_aimet(read_encodings(args.encodings))
+        if doc is not None:
+            profile = _encodings_profile(ws, args.encodings, doc)
         else:
-            try:
-                prec = Precision.parse(args.precision)
-            except ValueError as exc:
-                raise SweeperError("--precision", str(exc)) from None
             profile = Profile.uniform([g.name for g in ws.graph.groups], prec)
-        out = Path(args.out)
         model = export_qdq(ws.graph, ws.table, profile)
         save_export(model, ws.table.to_aimet(profile), out, out.with_suffix(".encodings"))
     finally:
@@ -276,40 +411,91 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Stop(Exception):
+    """Raised by the signal handlers of ``sweeper ui`` to leave the wait for the server."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _free_port(port: int) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise SweeperError("--port", f"{port} is not free on 127.0.0.1 ({exc.strerror}): expected a free port, "
+                                         f"e.g. --port {port + 1}") from None
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    """Serve the store with a real ``mlflow server`` in its own process group; SIGTERM, SIGINT or SIGHUP stops
+    the whole group (server, uvicorn workers, job runner), not just this process."""
     import subprocess
 
-    from sweeper.tracking.tracker import resolve_uri
+    from sweeper.config.experiment import tracking_uri_problem
+    from sweeper.tracking.server import server_command, stop_process_tree
+    from sweeper.tracking.tracker import prepare_ui, resolve_uri
 
     uri = resolve_uri(args.uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} ({uri}); Ctrl-C to stop", file=sys.stderr)
-    return subprocess.call(cmd)
+    problem = tracking_uri_problem(uri)
+    if problem:
+        raise SweeperError("--uri", problem)
+    _free_port(args.port)
+    base = f"http://127.0.0.1:{args.port}"
+    links = prepare_ui(uri)
+    cmd = server_command(uri, args.port)
+    print(f"MLflow UI on {base} ({uri}); Ctrl-C to stop", file=sys.stderr)
+    for name, path in links:
+        print(f"  {name}: {base}/{path}", file=sys.stderr)
+
+    received: list[int] = []
+    started: list[subprocess.Popen[bytes]] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        if started:  # during Popen itself the signal is only noted, so the child is always known
+            raise _Stop(signum)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in handled}
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
+    try:
+        started.append(subprocess.Popen(cmd, start_new_session=True, env=env))
+        if received:
+            raise _Stop(received[0])
+        return started[0].wait()
+    except _Stop as stop:
+        print(f"sweeper: stopping the MLflow UI ({signal.Signals(stop.signum).name})", file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        for s in handled:
+            signal.signal(s, signal.SIG_IGN)
+        if started:
+            stop_process_tree(started[0])
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import sweeper
+def _export_parser(sub: Any) -> None:
+    sp = sub.add_parser("export", help="export one profile as ONNX QDQ + AIMET encodings")
+    sp.add_argument("experiment", help="experiment YAML file")
+    group = sp.add_mutually_exclusive_group(required=True)
+    group.add_argument("--precision", help="uniform precision, e.g. w8a8")
+    group.add_argument("--encodings", help="an AIMET encodings JSON to export")
+    sp.add_argument("--out", required=True, help="path of the exported .onnx (the .encodings go next to it)")
+    in_process = "export runs in this process, with no worker pool"
+    for flag, why, nargs in [("--pool", in_process, "?"), ("--workers", in_process, "?"),
+                             ("--address", in_process, "?"), ("--fresh", "export evaluates nothing: no study", 0),
+                             ("--max-drop", "export checks no target: it writes the profile given", "?"),
+                             ("--no-tracking", "export logs nothing to MLflow", 0),
+                             ("--output", "export writes where --out says", "?")]:
+        sp.add_argument(flag, action=_NotForExport, why=why, nargs=nargs)
+    sp.set_defaults(func=cmd_export)
 
-    p = argparse.ArgumentParser(prog="sweeper", description="Post-training quantization sweeps for ONNX models.")
-    p.add_argument("--version", action="version", version=f"sweeper {sweeper.__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
 
-    def pool_options(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--pool", choices=["ray", "local"], help="worker pool (default: the experiment's, ray)")
-        sp.add_argument("--workers", type=int, help="number of parallel workers")
-        sp.add_argument("--address", default=None, help="Ray cluster address (default: start a local runtime)")
-        sp.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("experiment", help="experiment YAML file")
-        sp.add_argument("--output", help="output directory (overrides the experiment file)")
-        pool_options(sp)
-        sp.add_argument("--max-drop", type=float, default=None,
-                        help="allowed drop vs FP32 (overrides the experiment's target.max_drop)")
-        sp.add_argument("--fresh", action="store_true",
-                        help="start the step's study afresh (default: resume it, skipping evaluated profiles)")
-
+def _step_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    rankings = _Choices("sweeper.search.analyzer", "RANKINGS")
     for name, fn, helptext in [("run", cmd_run, "the workflow: Step 1 (baseline), then Step 3 (greedy AMP)"),
                                ("baseline", cmd_baseline, "Step 1: simulate every candidate precision")]:
         sp = sub.add_parser(name, help=helptext)
@@ -318,40 +504,61 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("analyze", help="Step 2: per-layer sensitivity analysis (report with plots)")
     common(sp)
     sp.add_argument("--base", default="w8a8", help="base precision to analyse (default w8a8)")
-    sp.add_argument("--rank", default="enable_one", help="ranking: enable_one (default), disable_one, sqnr")
+    sp.add_argument("--rank", default="enable_one", choices=rankings, help="ranking (default enable_one)")
     sp.set_defaults(func=cmd_analyze)
     sp = sub.add_parser("litemp", help="Step 2: flip the top-k %% most sensitive groups to a higher precision")
     common(sp)
     sp.add_argument("--base", default="w8a8", help="base precision (default w8a8)")
     sp.add_argument("--high", default="fp16", help="precision of the flipped groups (default fp16)")
     sp.add_argument("--k", default="0,5,10,15,20,30,50", help="percentages of groups to flip, tried in order")
-    sp.add_argument("--rank", default="enable_one", help="ranking: enable_one (default), disable_one, sqnr")
+    sp.add_argument("--rank", default="enable_one", choices=rankings, help="ranking (default enable_one)")
     sp.set_defaults(func=cmd_litemp)
     sp = sub.add_parser("amp", help="Step 3: automatic mixed precision (greedy, Optuna, or both)")
     common(sp)
-    sp.add_argument("--algorithm", default="greedy", help="greedy (default), optuna, greedy+optuna")
+    sp.add_argument("--algorithm", default="greedy", choices=_Choices("sweeper.search.amp", "ALGORITHMS"),
+                    help="search (default greedy)")
     sp.add_argument("--candidates", help="comma-separated precisions (default: the experiment's candidates)")
-    sp.add_argument("--cost", default="bops", help="bops (default), bytes, latency (the CostModel's estimate)")
-    sp.add_argument("--objective", default="multi",
+    sp.add_argument("--cost", default="bops", choices=_Choices("sweeper.search.amp", "COSTS"),
+                    help="cost to minimise (default bops; latency: the CostModel's estimate)")
+    sp.add_argument("--objective", default="multi", choices=_Choices("sweeper.search.amp", "OBJECTIVES"),
                     help="Optuna: multi (NSGA-II on metric and cost, default) or constrained (TPE on cost)")
-    sp.add_argument("--trials", type=int, default=100, help="Optuna trial budget (default 100)")
-    sp.add_argument("--timeout", type=float, default=None, help="Optuna time budget in seconds")
+    sp.add_argument("--trials", type=_whole(1), default=100, help="Optuna trial budget (default 100)")
+    sp.add_argument("--timeout", type=_real(0, above=True), default=None, help="Optuna time budget in seconds")
     sp.set_defaults(func=cmd_amp)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import sweeper
+
+    p = _Parser(prog="sweeper", description="Post-training quantization sweeps for ONNX models.")
+    p.add_argument("--version", action="version", version=f"sweeper {sweeper.__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def pool_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--pool", choices=["ray", "local"], help="worker pool (default: the experiment's, ray)")
+        sp.add_argument("--workers", type=_whole(1), help="number of parallel workers")
+        sp.add_argument("--address", default=None, help="Ray cluster address (default: start a local runtime)")
+        sp.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("experiment", help="experiment YAML file")
+        sp.add_argument("--output", help="output directory (overrides the experiment file)")
+        pool_options(sp)
+        sp.add_argument("--max-drop", type=_real(0), default=None,
+                        help="allowed drop vs FP32 (overrides the experiment's target.max_drop)")
+        sp.add_argument("--fresh", action="store_true",
+                        help="start the step's study afresh (default: resume it, skipping evaluated profiles)")
+
+    _step_parsers(sub, common)
     sp = sub.add_parser("batch", help="Step 1 on many models (a folder of experiment files, or a list)")
     sp.add_argument("experiments", nargs="+", help="experiment YAML files or folders of them")
     sp.add_argument("--output", help="output root (each experiment writes OUTPUT/<name>)")
     pool_options(sp)
     sp.set_defaults(func=cmd_batch)
-    sp = sub.add_parser("export", help="export one profile as ONNX QDQ + AIMET encodings")
-    common(sp)
-    group = sp.add_mutually_exclusive_group(required=True)
-    group.add_argument("--precision", help="uniform precision, e.g. w8a8")
-    group.add_argument("--encodings", help="an AIMET encodings JSON to export")
-    sp.add_argument("--out", required=True, help="path of the exported .onnx")
-    sp.set_defaults(func=cmd_export)
+    _export_parser(sub)
     sp = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the project's store")
-    sp.add_argument("--uri", default=None)
-    sp.add_argument("--port", type=int, default=5000)
+    sp.add_argument("--uri", default=None, help="tracking store (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    sp.add_argument("--port", type=_whole(1, 65535), default=5000, help="port on 127.0.0.1 (default 5000)")
     sp.set_defaults(func=cmd_ui)
     return p
 

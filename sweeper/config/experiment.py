@@ -97,6 +97,7 @@ class Experiment:
     study_storage: str | None = None  # Optuna storage URL; None: SWEEPER_STUDY_STORAGE or OUTPUT/study.db
     cost_target: str = "npu_generic"  # CostModel target (bundled name or YAML path) for est_latency_ms
     reuse_memory_mb: int = DEFAULT_REUSE_MB  # per worker, for prefix reuse (sweeper.sim.reuse); 0 turns it off
+    metric_output: str | None = None  # the model output the built-in metrics read (default: the first)
 
 
 # ----------------------------------------------------------------------------------------------- YAML
@@ -402,21 +403,53 @@ def _pool(ctx: _Ctx, raw: Mapping[str, Any]) -> str:
     return value
 
 
-def _output(ctx: _Ctx, raw: Mapping[str, Any], name: str) -> Path:
-    value = raw.get("output")
-    text = f"runs/{name}" if value is None else _string(ctx, value, "output", "a directory path")
-    out = Path(os.path.abspath(os.path.expanduser(text)))
+def writable_dir_problem(out: Path) -> str | None:
+    """Why ``out`` (absolute) cannot be used as an output directory, or None: it must be a directory, or not
+    exist yet under a writable directory."""
     if out.exists() and not out.is_dir():
-        raise ctx.error("output", f"{out} is a file: expected a directory (existing or to be created)")
+        return f"{out} is a file: expected a directory (existing or to be created)"
     parent = out
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise ctx.error("output", f"cannot create {out}: {parent} is a file, expected a directory")
+        return f"cannot create {out}: {parent} is a file, expected a directory"
     if not os.access(parent, os.W_OK | os.X_OK):
-        what = "the output directory" if parent == out else f"its nearest existing parent {parent}"
-        raise ctx.error("output", f"{out} is not writable ({what} is read-only): expected a writable directory")
+        what = "it is read-only" if parent == out else f"its nearest existing parent {parent} is read-only"
+        return f"{out} is not writable ({what}): expected a writable directory"
+    return None
+
+
+def _output(ctx: _Ctx, raw: Mapping[str, Any], name: str) -> Path:
+    value = raw.get("output")
+    text = f"runs/{name}" if value is None else _string(ctx, value, "output", "a directory path")
+    out = Path(os.path.abspath(os.path.expanduser(text)))
+    problem = writable_dir_problem(out)
+    if problem:
+        raise ctx.error("output", problem)
     return out
+
+
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
+_TRACKING_EXPECTED = "an MLflow tracking URI such as sqlite:///mlflow.db, postgresql://host/db or http://host:5000"
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow could not use ``uri`` as sweeper's tracking store, or None. A bare folder (MLflow's file store,
+    in maintenance mode since MLflow 3) and unknown schemes are refused; a SQLite file needs a folder that exists or
+    can be created."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme.split("+")[0] not in TRACKING_SCHEMES:
+        return f"found {uri!r}: expected {_TRACKING_EXPECTED}"
+    if scheme == "sqlite":
+        if not rest.startswith("/") or rest == "/":
+            return f"found {uri!r}: expected sqlite:///relative/file.db or sqlite:////absolute/file.db"
+        db = Path(os.path.abspath(Path(rest[1:]).expanduser()))
+        if db.is_dir():
+            return f"found {uri!r}: {db} is a directory, expected a SQLite database file"
+        problem = writable_dir_problem(db.parent)
+        if problem:
+            return f"found {uri!r}: the folder of the SQLite file cannot be used ({problem})"
+    return None
 
 
 def _tracking(ctx: _Ctx, raw: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -426,7 +459,10 @@ def _tracking(ctx: _Ctx, raw: Mapping[str, Any]) -> tuple[str | None, str]:
     section = _mapping(ctx, value, "tracking", _TRACKING_KEYS)
     uri = None
     if section.get("uri") is not None:
-        uri = _string(ctx, section["uri"], "tracking.uri", "an MLflow tracking URI such as sqlite:///mlflow.db")
+        uri = _string(ctx, section["uri"], "tracking.uri", _TRACKING_EXPECTED)
+        problem = tracking_uri_problem(uri)
+        if problem:
+            raise ctx.error("tracking.uri", problem)
     artifacts = "all"
     if section.get("artifacts") is not None:
         artifacts = _string(ctx, section["artifacts"], "tracking.artifacts", "all or accepted")

@@ -94,6 +94,28 @@ def _validate_entry(path: str | Path, where: str, e: dict[str, Any]) -> None:
             raise _fail(path, f"{where}: offset {o!r} is outside the {bw}-bit grid [{-levels}, 0]")
 
 
+def check_against_model(doc: dict[str, Any], path: str | Path, weight_scales: dict[str, int],
+                        activations: set[str]) -> None:
+    """Check a validated encodings document fits the model it is applied to, else ValueError naming the entry:
+    at least one entry names a quantized tensor of the model (else the file was made for another model), each
+    activation encoding has one scale, and each weight encoding as many scales as ``weight_scales`` says
+    (channels along the per-channel axis, or 1). Entries naming tensors the model does not quantize are skipped
+    on load, as AIMET skips them."""
+    entries = [(s, e) for s in SECTIONS for e in doc[s]]
+    known = [(s, e) for s, e in entries if e["name"] in (weight_scales if s == "param_encodings" else activations)]
+    if not known:
+        sample = ", ".join(repr(e["name"]) for _, e in entries[:3]) or "none"
+        raise ValueError(f"{path}: none of its {len(entries)} encodings names a quantized tensor of this model "
+                         f"(found {sample}): expected encodings exported for this model")
+    for section, e in known:
+        if e["dtype"] == "FLOAT":
+            continue
+        want = weight_scales[e["name"]] if section == "param_encodings" else 1
+        if len(e["scale"]) not in (want, 1):
+            what = f"{want} (one per channel) or 1" if want > 1 else "1"
+            raise ValueError(f"{path}: {section} {e['name']!r} has {len(e['scale'])} scales: expected {what}")
+
+
 def _reject_constant(token: str) -> float:
     raise ValueError(f"{token} is not a number")
 

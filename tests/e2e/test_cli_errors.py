@@ -1,7 +1,10 @@
-"""Bad input through the real CLI: one line naming the file/field, exit code 2, no traceback, no output."""
+"""Bad input through the real CLI: one line naming the file/field/option, exit code 2, no traceback, no output."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +99,141 @@ def test_unknown_precision_and_bad_drop(tmp_path: Path) -> None:
 def test_unresolvable_evaluator(tmp_path: Path) -> None:
     exp = _setup(tmp_path, metric="no_such_pkg.metrics:acc")
     _assert_clean_failure(_run(["baseline", str(exp)], tmp_path), tmp_path, "metric", "no_such_pkg")
+
+
+# --- every CLI option: one line, exit 2, nothing written (issue 13, item 1) -----------------------------------
+
+
+@pytest.mark.parametrize(("args", "phrases"), [
+    (["--workers", "-1"], ["--workers", "'-1'", "whole number >= 1"]),  # used to hang in Ray
+    (["--workers", "0"], ["--workers", "'0'", "whole number >= 1"]),  # used to be ignored
+    (["--workers", "two"], ["--workers", "'two'"]),
+    (["--max-drop", "-0.1"], ["--max-drop", "number >= 0"]),
+    (["--max-drop", "nan"], ["--max-drop", "'nan'"]),
+    (["--pool", "k8s"], ["--pool", "'k8s'", "'ray', 'local'"]),
+    (["--address", "127.0.0.1:1", "--pool", "ray"], ["--address", "no Ray head answers at 127.0.0.1:1"]),
+    (["--address", "nohost"], ["--address", "'nohost'", "HOST:PORT"]),
+    (["--address", "127.0.0.1:1", "--pool", "local"], ["--address", "--pool local"]),
+])
+def test_bad_option_values(tmp_path: Path, args: list[str], phrases: list[str]) -> None:
+    exp = _setup(tmp_path)
+    _assert_clean_failure(_run(["baseline", str(exp), *args], tmp_path), tmp_path, *phrases)
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_output_option_that_is_a_file(tmp_path: Path) -> None:
+    exp = _setup(tmp_path)
+    (tmp_path / "taken").write_text("x")
+    _assert_clean_failure(_run(["baseline", str(exp), "--output", str(tmp_path / "taken")], tmp_path), tmp_path,
+                          "--output", "is a file")
+
+
+@pytest.mark.parametrize(("command", "args", "phrases"), [
+    ("analyze", ["--rank", "best"], ["--rank", "'best'", "'enable_one', 'disable_one', 'sqnr'"]),
+    ("litemp", ["--rank", "best"], ["--rank", "'best'"]),
+    ("amp", ["--algorithm", "random"], ["--algorithm", "'greedy', 'optuna', 'greedy+optuna'"]),
+    ("amp", ["--cost", "time"], ["--cost", "'bops', 'bytes', 'latency'"]),
+    ("amp", ["--objective", "single"], ["--objective", "'multi', 'constrained'"]),
+    ("amp", ["--trials", "0"], ["--trials", "whole number >= 1"]),
+    ("amp", ["--timeout", "-5"], ["--timeout", "number > 0"]),
+    ("amp", ["--candidates", "w8a8"], ["--candidates", "at least two"]),
+    ("litemp", ["--k", "5,200"], ["--k", "between 0 and 100"]),
+    ("analyze", ["--base", "w5a8"], ["--base", "w5a8"]),
+])
+def test_bad_step_options(tmp_path: Path, command: str, args: list[str], phrases: list[str]) -> None:
+    exp = _setup(tmp_path)
+    _assert_clean_failure(_run([command, str(exp), *args], tmp_path), tmp_path, *phrases)
+
+
+@pytest.mark.parametrize(("command", "listed"), [
+    ("analyze", "{enable_one,disable_one,sqnr}"), ("litemp", "{enable_one,disable_one,sqnr}"),
+    ("amp", "{greedy,optuna,greedy+optuna}"), ("amp", "{bops,bytes,latency}"), ("amp", "{multi,constrained}"),
+])
+def test_help_lists_the_allowed_values(tmp_path: Path, command: str, listed: str) -> None:
+    res = _run([command, "--help"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert listed in res.stdout
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["--pool", "ray"], "--pool"), (["--fresh"], "--fresh"), (["--max-drop", "0.1"], "--max-drop"),
+    (["--workers", "2"], "--workers"), (["--no-tracking"], "--no-tracking"), (["--output", "x"], "--output"),
+])
+def test_export_rejects_the_options_it_would_ignore(tmp_path: Path, args: list[str], option: str) -> None:
+    exp = _setup(tmp_path)
+    res = _run(["export", str(exp), "--precision", "w8a8", "--out", str(tmp_path / "m.onnx"), *args], tmp_path)
+    _assert_clean_failure(res, tmp_path, option, "not an option of export")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def _good_encodings(tmp: Path, exp: Path) -> dict:
+    res = _run(["export", str(exp), "--precision", "w8a8", "--out", str(tmp / "good.onnx")], tmp)
+    assert res.returncode == 0, res.stderr
+    return json.loads((tmp / "good.encodings").read_text())
+
+
+def _without_dtype(doc: dict) -> dict:
+    del doc["activation_encodings"][0]["dtype"]
+    return doc
+
+
+def _renamed(doc: dict) -> dict:
+    for section in ("activation_encodings", "param_encodings"):
+        for e in doc[section]:
+            e["name"] = "other_" + e["name"]
+    return doc
+
+
+def _two_channels(doc: dict) -> dict:
+    w1 = next(e for e in doc["param_encodings"] if e["name"] == "w1")
+    w1["scale"], w1["offset"] = w1["scale"][:2], w1["offset"][:2]
+    return doc
+
+
+@pytest.mark.parametrize(("edit", "phrases"), [
+    (None, ["--encodings", "missing.encodings", "not found"]),
+    (_without_dtype, ["--encodings", "activation_encodings[0] ('x')", "'dtype'"]),
+    (_renamed, ["--encodings", "none of its 8 encodings names a quantized tensor"]),
+    (_two_channels, ["--encodings", "'w1' has 2 scales: expected 4"]),
+])
+def test_export_of_bad_encodings(tmp_path: Path, edit, phrases: list[str]) -> None:  # noqa: ANN001
+    exp = _setup(tmp_path)
+    name = "missing.encodings"
+    if edit is not None:
+        name = "bad.encodings"
+        (tmp_path / name).write_text(json.dumps(edit(_good_encodings(tmp_path, exp))))
+    res = _run(["export", str(exp), "--encodings", str(tmp_path / name), "--out", str(tmp_path / "m.onnx")], tmp_path)
+    _assert_clean_failure(res, tmp_path, *phrases)
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.encodings").exists()
+
+
+def test_export_out_must_be_an_onnx_path(tmp_path: Path) -> None:
+    exp = _setup(tmp_path)
+    res = _run(["export", str(exp), "--precision", "w8a8", "--out", str(tmp_path / "m.txt")], tmp_path)
+    _assert_clean_failure(res, tmp_path, "--out", "ending in .onnx")
+    assert not (tmp_path / "m.txt").exists() and not (tmp_path / "m.encodings").exists()
+
+
+@pytest.mark.parametrize(("extra", "env", "phrases"), [
+    ("tracking:\n  uri: justapath\n", {}, ["tracking.uri", "'justapath'"]),
+    ("tracking:\n  uri: nonsense://x\n", {}, ["tracking.uri", "'nonsense://x'"]),
+    ("", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}, ["tracking store http://127.0.0.1:1", "no MLflow server"]),
+    ("", {"MLFLOW_TRACKING_URI": "ftp://host/x"}, ["MLFLOW_TRACKING_URI", "'ftp://host/x'"]),
+])
+def test_bad_tracking_store(tmp_path: Path, extra: str, env: dict[str, str], phrases: list[str]) -> None:
+    exp = _setup(tmp_path, extra=extra)
+    res = subprocess.run([sys.executable, "-m", "sweeper", "baseline", str(exp)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, **env})
+    _assert_clean_failure(res, tmp_path, *phrases)
+    assert not (tmp_path / "study.db").exists() and not list(tmp_path.glob("mlflow*"))
+
+
+def test_ui_rejects_a_busy_port_and_a_bad_store(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        _assert_clean_failure(_run(["ui", "--port", str(port)], tmp_path), tmp_path, "--port", str(port), "not free")
+    _assert_clean_failure(_run(["ui", "--uri", "nonsense"], tmp_path), tmp_path, "--uri", "'nonsense'")
+    _assert_clean_failure(_run(["ui", "--port", "0"], tmp_path), tmp_path, "--port", "between 1 and 65535")
+    assert not list(tmp_path.glob("mlflow*"))
