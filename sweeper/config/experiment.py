@@ -36,7 +36,7 @@ _IMPORT_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
 _TOP_KEYS = (
     "name", "model", "data", "metric", "higher_is_better", "batch_size", "target", "candidates",
     "calibration", "workers", "pool", "threads_per_worker", "reuse_memory_mb", "output", "tracking", "study",
-    "cost",
+    "cost", "metric_output",
 )
 _MODEL_KEYS = ("onnx", "torch")
 _DATA_KEYS = ("calibration", "evaluation")
@@ -422,7 +422,7 @@ def writable_dir_problem(out: Path) -> str | None:
 def _output(ctx: _Ctx, raw: Mapping[str, Any], name: str) -> Path:
     value = raw.get("output")
     text = f"runs/{name}" if value is None else _string(ctx, value, "output", "a directory path")
-    out = Path(os.path.abspath(os.path.expanduser(text)))
+    out = _local_path(ctx, text)  # relative to the experiment file, like model and data
     problem = writable_dir_problem(out)
     if problem:
         raise ctx.error("output", problem)
@@ -533,5 +533,11 @@ def load_experiment(path: str | os.PathLike[str]) -> Experiment:
         batch_size=batch_size, max_drop=max_drop, candidates=candidates, calibration=calibration,
         workers=workers, pool=pool, threads_per_worker=threads, output=output, tracking_uri=tracking_uri,
         tracking_artifacts=tracking_artifacts, study_storage=study_storage, cost_target=cost_target,
-        reuse_memory_mb=reuse_mb,
+        reuse_memory_mb=reuse_mb, metric_output=_metric_output(ctx, raw),
     )
+
+
+def _metric_output(ctx: _Ctx, raw: Mapping[str, Any]) -> str | None:
+    """The output the built-in metrics read; checked against the model when it is loaded."""
+    value = raw.get("metric_output")
+    return None if value is None else _string(ctx, value, "metric_output", "the name of a model output")

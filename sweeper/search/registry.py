@@ -1,0 +1,126 @@
+"""The workflow steps by name: what the CLI offers and the Python API runs.
+
+A step is one module with a :class:`~sweeper.search.step.Step` subclass plus one :class:`StepCommand` here:
+its command-line options, how to build it from them, and what to print when it is done. The CLI builds a
+subcommand per entry and runs it through the same :class:`~sweeper.api.Session` the Python API uses, so a
+new step needs no change to the runner or the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sweeper.errors import SweeperError
+
+
+@dataclass(frozen=True)
+class StepCommand:
+    """One workflow step as a command: ``run(session, args)`` returns what ``report(session, value)`` prints."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[Any, argparse.Namespace], Any]
+    report: Callable[[Any, Any], str]
+
+
+def precision_arg(text: str, flag: str) -> Any:
+    from sweeper.quant.precision import Precision
+
+    try:
+        return Precision.parse(text)
+    except ValueError as exc:
+        raise SweeperError(flag, str(exc)) from None
+
+
+def percentages(text: str, flag: str = "--k") -> tuple[float, ...]:
+    """``"0,5,10"`` -> ``(0.0, 5.0, 10.0)``, each in [0, 100]."""
+    try:
+        ks = tuple(float(k) for k in text.split(","))
+    except ValueError:
+        raise SweeperError(flag, f"found {text!r}: expected comma-separated percentages, e.g. 0,5,10") from None
+    if any(not 0 <= k <= 100 for k in ks):
+        raise SweeperError(flag, f"found {text!r}: expected percentages between 0 and 100")
+    return ks
+
+
+# -- baseline -----------------------------------------------------------------------------------------
+def _baseline_report(s: Any, rep: Any) -> str:
+    from sweeper.search.baseline import format_table
+
+    exp = s.ws.exp
+    lines = [f"\nStep 1 - baseline precision: {exp.name} ({exp.metric}, max drop {exp.max_drop})",
+             format_table(rep, exp.metric), f"\n{rep.interpretation}"]
+    if rep.chosen:
+        lines.append(f"chosen: {rep.chosen}  -> {rep.output / (rep.chosen + '.onnx')}")
+    lines.append(f"results: {rep.output / 'results.json'}")
+    return "\n".join(lines)
+
+
+# -- analyze ------------------------------------------------------------------------------------------
+def _rank_arg(sp: argparse.ArgumentParser) -> None:
+    from sweeper.search.analyzer import RANKINGS
+
+    sp.add_argument("--rank", default="enable_one", choices=RANKINGS, help="sensitivity ranking (default enable_one)")
+
+
+def _analyze_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--base", default="w8a8", help="base precision to analyse (default w8a8)")
+    _rank_arg(sp)
+
+
+def _analyze_report(s: Any, rep: Any) -> str:
+    from sweeper.search.analyzer import format_analysis
+
+    d = rep.doc
+    return (f"\nStep 2 - sensitivity analysis: {s.ws.exp.name} at {d['base']} (ranked by {d['ranking']})\n"
+            f"{format_analysis(d)}\n\nreport: {rep.output / 'report.html'}\nresults: {rep.output / 'sensitivity.json'}")
+
+
+# -- litemp -------------------------------------------------------------------------------------------
+def _litemp_args(sp: argparse.ArgumentParser) -> None:
+    from sweeper.search.litemp import DEFAULT_KS
+
+    sp.add_argument("--base", default="w8a8", help="base precision (default w8a8)")
+    sp.add_argument("--high", default="fp16", help="precision of the flipped groups (default fp16)")
+    sp.add_argument("--k", default=",".join(f"{k:g}" for k in DEFAULT_KS),
+                    help="percentages of groups to flip, tried in order (refined where the metric jumps)")
+    _rank_arg(sp)
+
+
+def _litemp_run(s: Any, a: argparse.Namespace) -> Any:
+    return s.litemp(precision_arg(a.base, "--base"), precision_arg(a.high, "--high"), percentages(a.k), a.rank,
+                    fresh=a.fresh)
+
+
+def _litemp_report(s: Any, rep: Any) -> str:
+    from sweeper.search.litemp import format_litemp
+
+    exp = s.ws.exp
+    first = rep.points[0] if rep.points else None
+    head = (f"\nStep 2 - LiteMP: {exp.name}, top-k % of groups flipped (ranked by {rep.ranking}; FP32 "
+            f"{s.ws.fp32_metric:.4f}, max drop {exp.max_drop})")
+    lines = [head, format_litemp(rep, exp.metric)]
+    if rep.chosen:
+        lines.append(f"\nchosen: k = {rep.chosen.k:g} % ({len(rep.chosen.flipped)} groups) -> {rep.chosen.result.onnx}")
+    elif first is not None:
+        lines.append(f"\nno share of groups meets the target, up to {max(p.k for p in rep.points):g} %: try a higher "
+                     "--high precision, or AMP")
+    lines.append(f"results: {rep.output / 'results.json'}")
+    return "\n".join(lines)
+
+
+STEPS: dict[str, StepCommand] = {
+    "baseline": StepCommand("baseline", "Step 1: simulate every candidate precision", lambda sp: None,
+                            lambda s, a: s.baseline(fresh=a.fresh), _baseline_report),
+    "analyze": StepCommand("analyze", "Step 2: per-layer sensitivity analysis (report with plots)", _analyze_args,
+                           lambda s, a: s.analyze(precision_arg(a.base, "--base"), a.rank, fresh=a.fresh),
+                           _analyze_report),
+    "litemp": StepCommand("litemp", "Step 2: flip the top-k %% most sensitive groups to a higher precision",
+                          _litemp_args, _litemp_run, _litemp_report),
+}
+
+__all__ = ["STEPS", "StepCommand", "percentages", "precision_arg"]
