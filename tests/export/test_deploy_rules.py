@@ -289,3 +289,22 @@ def test_old_opsets_are_converted_once_at_intake(opset: int) -> None:
         assert max(o.version for o in exported.opset_import if o.domain in ("", "ai.onnx")) == 21
         assert not any(n.domain == "com.microsoft" for n in exported.graph.node)
         b.assert_sim_equals_export(profile)
+
+
+# -- 8-bit weights for ONNX Runtime's fused kernels ---------------------------------------------------------
+def test_8bit_weights_are_uint8_with_zero_point_128_and_the_same_values(bn_built: Built) -> None:
+    b = bn_built
+    profile = b.uniform("w8a8")
+    u8 = export_qdq(b.graph, b.table, profile)
+    s8 = export_qdq(b.graph, b.table, profile, u8_weights=False)
+    def weight_dq(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, onnx.TensorProto]]:
+        inits = {t.name: t for t in model.graph.initializer}
+        return [(inits[n.input[0]], inits[n.input[2]]) for n in model.graph.node
+                if n.op_type == "DequantizeLinear" and n.output[0] in b.graph.weight_quantizers]
+
+    assert len(weight_dq(u8)) == len(b.graph.weight_quantizers) == 2
+    for q, zp in weight_dq(u8):
+        assert q.data_type == zp.data_type == TensorProto.UINT8
+        assert set(numpy_helper.to_array(zp).tolist()) == {128}
+    assert all(q.data_type == TensorProto.INT8 for q, _ in weight_dq(s8))
+    np.testing.assert_array_equal(_session(u8).run(None, b.data)[0], _session(s8).run(None, b.data)[0])
