@@ -195,7 +195,8 @@ class Session:
         from sweeper.search.amp import run_amp
 
         cands = [_prec(c, "candidates") for c in (candidates or self.exp.candidates)]
-        return run_amp(self.ws, self.pool(None), self.tracker, candidates=cands, algorithm=algorithm, cost=cost,
+        pool = self.pool(amp_needs(cands))
+        return run_amp(self.ws, pool, self.tracker, candidates=cands, algorithm=algorithm, cost=cost,
                        objective=objective, trials=trials, timeout=timeout, fresh=fresh, measure=measure)
 
     def export(self, profile: str | Precision | Profile | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
@@ -226,6 +227,13 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def amp_needs(candidates: Iterable[Precision]) -> Any:
+    """What AMP's workers need: its candidates, and prefix reuse (phase 1 changes one group at a time)."""
+    from sweeper.search.step import PoolNeeds
+
+    return PoolNeeds(tuple(c.name for c in candidates), reuse=True)
 
 
 def _prec(p: str | Precision, arg: str) -> Precision:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import math
 import os
 import signal
 import socket
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -63,23 +62,6 @@ def _real(minimum: float, *, above: bool = False) -> Callable[[str], float]:
     return parse
 
 
-class _Choices:
-    """The allowed values of an option, read from the module that owns them only when they are needed (a
-    check, ``--help``), so that building the parser imports nothing heavy."""
-
-    def __init__(self, module: str, name: str) -> None:
-        self.module, self.name = module, name
-
-    def _values(self) -> tuple[str, ...]:
-        return tuple(getattr(importlib.import_module(self.module), self.name))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values())
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._values()
-
-
 class _NotForExport(argparse.Action):
     """An option of the other commands that ``export`` would ignore: rejected, with the reason."""
 
@@ -128,9 +110,9 @@ def _pool_arguments(args: argparse.Namespace) -> None:
         _check_address(args.address)
 
 
-def _workspace(args: argparse.Namespace):  # noqa: ANN202
+def _experiment(args: argparse.Namespace):  # noqa: ANN202
+    """The experiment file with the command line's overrides, every option checked before any work."""
     from sweeper.config.experiment import load_experiment, writable_dir_problem
-    from sweeper.pipeline import Workspace
 
     _pool_arguments(args)
     exp = load_experiment(args.experiment)
@@ -149,191 +131,64 @@ def _workspace(args: argparse.Namespace):  # noqa: ANN202
         overrides["workers"] = args.workers
     if getattr(args, "max_drop", None) is not None:
         overrides["max_drop"] = args.max_drop
-    exp = dataclasses.replace(exp, **overrides)
+    return dataclasses.replace(exp, **overrides)
+
+
+def _session(args: argparse.Namespace, candidates: list[Any] | None = None):  # noqa: ANN202
+    """The Python API's Session on the experiment (the CLI is a thin layer over :mod:`sweeper.api`)."""
+    from sweeper.api import Session
+
+    exp = _experiment(args)
+    if candidates is not None:
+        exp = dataclasses.replace(exp, candidates=tuple(candidates))
     print(f"sweeper: preparing {exp.name} (model, calibration, FP32 reference)...", file=sys.stderr)
-    return Workspace(exp)
+    return Session(exp, tracking=not getattr(args, "no_tracking", False), address=getattr(args, "address", None))
 
 
-def _tracker(ws, args: argparse.Namespace):  # noqa: ANN001, ANN202
-    if getattr(args, "no_tracking", False):
-        return None
-    from sweeper.tracking.tracker import Tracker
-
-    return Tracker(ws.exp.name, ws.exp.tracking_uri)
+def _mlflow_line(s: Any) -> None:
+    if s.tracker is not None:
+        print(f"MLflow: {s.tracker.uri} (experiment {s.exp.name!r}; `sweeper ui` to browse)")
 
 
-def cmd_baseline(args: argparse.Namespace) -> int:
-    from sweeper.search.baseline import run_baseline
+def step_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The command of a registered step: prepare once, run the step, print its report."""
+    def cmd(args: argparse.Namespace) -> int:
+        from sweeper.search.registry import STEPS
 
-    ws = _workspace(args)
-    tracker = _tracker(ws, args)
-    pool = ws.pool(address=args.address)
-    try:
-        rep = run_baseline(ws, pool, tracker, fresh=args.fresh)
-    finally:
-        pool.close()
-        ws.close()
-    _print_baseline(ws, rep)
-    if tracker is not None:
-        print(f"MLflow: {tracker.uri} (experiment {ws.exp.name!r}; `sweeper ui` to browse)")
-    return 0
+        entry = STEPS[name]
+        with _session(args) as s:
+            value = entry.run(s, args)
+            print(entry.report(s, value))
+            _mlflow_line(s)
+        return 0
 
-
-def _print_baseline(ws, rep) -> None:  # noqa: ANN001
-    from sweeper.search.baseline import format_table
-
-    print(f"\nStep 1 - baseline precision: {ws.exp.name} ({ws.exp.metric}, max drop {ws.exp.max_drop})")
-    print(format_table(rep, ws.exp.metric))
-    print(f"\n{rep.interpretation}")
-    if rep.chosen:
-        print(f"chosen: {rep.chosen}  -> {rep.output / (rep.chosen + '.onnx')}")
-    print(f"results: {rep.output / 'results.json'}")
+    return cmd
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The workflow: Step 1 (baseline), then Step 3 (greedy AMP over the same candidates) on one pool."""
-    from sweeper.search.amp import run_amp
-    from sweeper.search.baseline import run_baseline
+    from sweeper.api import amp_needs
+    from sweeper.search.registry import STEPS
 
-    ws = _workspace(args)
-    tracker = _tracker(ws, args)
-    pool = ws.pool(address=args.address, reuse=True)
-    amp = None
-    try:
-        rep = run_baseline(ws, pool, tracker, fresh=args.fresh)
-        _print_baseline(ws, rep)
-        if len(ws.exp.candidates) > 1:
+    with _session(args) as s:
+        s.pool(amp_needs(s.exp.candidates))  # one pool for both steps
+        rep = s.baseline(fresh=args.fresh)
+        print(STEPS["baseline"].report(s, rep))
+        if len(s.exp.candidates) > 1:
             print("\nStep 3 - automatic mixed precision (greedy) over the same candidates...", file=sys.stderr)
-            amp = run_amp(ws, pool, tracker, candidates=list(ws.exp.candidates), algorithm="greedy",
-                          fresh=args.fresh)
-    finally:
-        pool.close()
-        ws.close()
-    if amp is not None:
-        _print_amp(ws, amp)
-        a = amp.doc["accepted"]
-        if a:
-            print(f"\nrecommended: {a['profile']} ({ws.exp.metric} {a['metric']:.4f}, {a['bops_ratio']:.2f}x w8a8 BOPs)"
-                  f" -> {a['onnx']}")
-    if tracker is not None:
-        print(f"MLflow: {tracker.uri} (experiment {ws.exp.name!r}; `sweeper ui` to browse)")
+            amp = s.amp(algorithm="greedy", fresh=args.fresh)
+            print(STEPS["amp"].report(s, amp))
+            a = amp.doc["accepted"]
+            if a:
+                print(f"\nrecommended: {a['profile']} ({s.exp.metric} {a['metric']:.4f}, {a['bops_ratio']:.2f}x "
+                      f"w8a8 BOPs) -> {a['onnx']}")
+        _mlflow_line(s)
     return 0
-
-
-def _precision(text: str, flag: str):  # noqa: ANN202
-    from sweeper.quant.precision import Precision
-
-    try:
-        return Precision.parse(text)
-    except ValueError as exc:
-        raise SweeperError(flag, str(exc)) from None
-
-
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from sweeper.search.analyzer import analysis_precisions, format_analysis, run_analyze
-
-    base = _precision(args.base, "--base")
-    ranking = args.rank
-    ws = _workspace(args)
-    tracker = _tracker(ws, args)
-    pool = ws.pool(address=args.address, extra_precisions=analysis_precisions(base), probes=True, reuse=True)
-    try:
-        rep = run_analyze(ws, pool, tracker, base, ranking, fresh=args.fresh)
-    finally:
-        pool.close()
-        ws.close()
-    print(f"\nStep 2 - sensitivity analysis: {ws.exp.name} at {base.name} (ranked by {ranking})")
-    print(format_analysis(rep.doc))
-    print(f"\nreport: {rep.output / 'report.html'}\nresults: {rep.output / 'sensitivity.json'}")
-    return 0
-
-
-def cmd_litemp(args: argparse.Namespace) -> int:
-    from sweeper.search.analyzer import analysis_precisions
-    from sweeper.search.litemp import format_litemp, run_litemp
-
-    base = _precision(args.base, "--base")
-    high = _precision(args.high, "--high")
-    ranking = args.rank
-    try:
-        ks = tuple(float(k) for k in args.k.split(","))
-    except ValueError:
-        raise SweeperError("--k", f"found {args.k!r}: expected comma-separated percentages, e.g. 0,5,10") from None
-    if any(k < 0 or k > 100 for k in ks):
-        raise SweeperError("--k", f"found {args.k!r}: expected percentages between 0 and 100")
-    ws = _workspace(args)
-    tracker = _tracker(ws, args)
-    pool = ws.pool(address=args.address, extra_precisions=(*analysis_precisions(base), high.name), probes=True,
-                   reuse=True)
-    try:
-        rep = run_litemp(ws, pool, tracker, base, high, ks, ranking, fresh=args.fresh)
-    finally:
-        pool.close()
-        ws.close()
-    print(f"\nStep 2 - LiteMP: {ws.exp.name}, base {base.name}, top-k % of groups at {high.name} "
-          f"(ranked by {ranking}; FP32 {ws.fp32_metric:.4f}, max drop {ws.exp.max_drop})")
-    print(format_litemp(rep, ws.exp.metric))
-    if rep.chosen:
-        print(f"\nchosen: k = {rep.chosen.k:g} % ({len(rep.chosen.flipped)} groups at {high.name}) -> "
-              f"{rep.chosen.result.onnx}")
-    else:
-        print("\nno k meets the target: try a higher --high precision, larger --k, or AMP")
-    print(f"results: {rep.output / 'results.json'}")
-    return 0
-
-
-def cmd_amp(args: argparse.Namespace) -> int:
-    from sweeper.search.amp import run_amp
-
-    candidates = None
-    if args.candidates:
-        candidates = [_precision(c.strip(), "--candidates") for c in args.candidates.split(",") if c.strip()]
-        if len(candidates) < 2:
-            raise SweeperError("--candidates", "expected at least two precisions, e.g. w4a8,w8a8,fp16")
-    ws = _workspace(args)
-    if candidates is not None:
-        ws.exp = dataclasses.replace(ws.exp, candidates=tuple(candidates))
-    tracker = _tracker(ws, args)
-    pool = ws.pool(address=args.address, reuse=True)
-    try:
-        rep = run_amp(ws, pool, tracker, candidates=list(ws.exp.candidates), algorithm=args.algorithm,
-                      cost=args.cost, objective=args.objective, trials=args.trials, timeout=args.timeout,
-                      fresh=args.fresh)
-    finally:
-        pool.close()
-        ws.close()
-    _print_amp(ws, rep)
-    return 0
-
-
-def _print_amp(ws, rep) -> None:  # noqa: ANN001
-    d = rep.doc
-    print(f"\nStep 3 - AMP ({d['algorithm']}, cost {d['cost']}): {ws.exp.name}, candidates "
-          f"{', '.join(d['candidates'])}, FP32 {d['fp32_metric']:.4f}, max drop {d['max_drop']}")
-    print(f"{d['evaluations']} profiles evaluated in {d['search_seconds']:.1f}s")
-    print(f"\nPareto front ({len(d['pareto_front'])} profiles):")
-    print(f"  {'cost':>8} {ws.exp.metric:>10} {'est ms':>9} {'measured ms':>11}  profile")
-    for f in d["pareto_front"]:
-        meas = f"{f['measured_latency_ms']:.3f}" if f["measured_latency_ms"] is not None else "-"
-        print(f"  {f['cost']:>8.3f} {f['metric']:>10.4f} {f['est_latency_ms']:>9.4f} {meas:>11}  {f['profile']}")
-    a = d["accepted"]
-    if a:
-        print(f"\naccepted: {a['profile']}  {ws.exp.metric} {a['metric']:.4f} (drop {a['drop']:+.4f}), cost "
-              f"{a['cost']:.3f}, BOPs {a['bops_ratio']:.2f}x w8a8, est {a['est_latency_ms']:.4f} ms, measured "
-              f"{a['measured_latency_ms']:.3f} ms" if a["measured_latency_ms"] is not None else "")
-        print(f"cheapest passing uniform candidate: {d['cheapest_passing_uniform']}")
-        print(f"exported: {a['onnx']}")
-    else:
-        print("\nno evaluated profile meets the target")
-    if d["latency_rank_correlation"] is not None:
-        print(f"rank correlation of estimated vs measured latency over the front: {d['latency_rank_correlation']:.2f}")
-    print(f"results: {rep.output / 'results.json'}  plot: {rep.output / 'pareto.png'}")
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from sweeper.search.batch import experiment_files, format_summary, log_summary, run_batch, write_summary
-
     from sweeper.config.experiment import writable_dir_problem
+    from sweeper.search.batch import experiment_files, format_summary, log_summary, run_batch, write_summary
 
     _pool_arguments(args)
     files = experiment_files(args.experiments)
@@ -390,14 +245,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sweeper.quant.profile import Profile
 
     out = _export_path(args.out)
-    prec = _precision(args.precision, "--precision") if args.precision else None
+    from sweeper.search.registry import precision_arg
+
+    prec = precision_arg(args.precision, "--precision") if args.precision else None
     doc = None
     if args.encodings:
         try:
             doc = read_encodings(args.encodings)
         except ValueError as exc:
             raise SweeperError("--encodings", str(exc)) from None
-    ws = _workspace(args)
+    from sweeper.pipeline import Workspace
+
+    ws = Workspace(_experiment(args))
     try:
         if doc is not None:
             profile = _encodings_profile(ws, args.encodings, doc)
@@ -495,36 +354,27 @@ def _export_parser(sub: Any) -> None:
 
 
 def _step_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    rankings = _Choices("sweeper.search.analyzer", "RANKINGS")
-    for name, fn, helptext in [("run", cmd_run, "the workflow: Step 1 (baseline), then Step 3 (greedy AMP)"),
-                               ("baseline", cmd_baseline, "Step 1: simulate every candidate precision")]:
-        sp = sub.add_parser(name, help=helptext)
+    """``run`` plus one subcommand per registered step (sweeper.search.registry)."""
+    from sweeper.search.registry import STEPS
+
+    sp = sub.add_parser("run", help="the workflow: Step 1 (baseline), then Step 3 (greedy AMP)")
+    common(sp)
+    sp.set_defaults(func=cmd_run)
+    for name, entry in STEPS.items():
+        sp = sub.add_parser(name, help=entry.help)
         common(sp)
-        sp.set_defaults(func=fn)
-    sp = sub.add_parser("analyze", help="Step 2: per-layer sensitivity analysis (report with plots)")
-    common(sp)
-    sp.add_argument("--base", default="w8a8", help="base precision to analyse (default w8a8)")
-    sp.add_argument("--rank", default="enable_one", choices=rankings, help="ranking (default enable_one)")
-    sp.set_defaults(func=cmd_analyze)
-    sp = sub.add_parser("litemp", help="Step 2: flip the top-k %% most sensitive groups to a higher precision")
-    common(sp)
-    sp.add_argument("--base", default="w8a8", help="base precision (default w8a8)")
-    sp.add_argument("--high", default="fp16", help="precision of the flipped groups (default fp16)")
-    sp.add_argument("--k", default="0,5,10,15,20,30,50", help="percentages of groups to flip, tried in order")
-    sp.add_argument("--rank", default="enable_one", choices=rankings, help="ranking (default enable_one)")
-    sp.set_defaults(func=cmd_litemp)
-    sp = sub.add_parser("amp", help="Step 3: automatic mixed precision (greedy, Optuna, or both)")
-    common(sp)
-    sp.add_argument("--algorithm", default="greedy", choices=_Choices("sweeper.search.amp", "ALGORITHMS"),
-                    help="search (default greedy)")
-    sp.add_argument("--candidates", help="comma-separated precisions (default: the experiment's candidates)")
-    sp.add_argument("--cost", default="bops", choices=_Choices("sweeper.search.amp", "COSTS"),
-                    help="cost to minimise (default bops; latency: the CostModel's estimate)")
-    sp.add_argument("--objective", default="multi", choices=_Choices("sweeper.search.amp", "OBJECTIVES"),
-                    help="Optuna: multi (NSGA-II on metric and cost, default) or constrained (TPE on cost)")
-    sp.add_argument("--trials", type=_whole(1), default=100, help="Optuna trial budget (default 100)")
-    sp.add_argument("--timeout", type=_real(0, above=True), default=None, help="Optuna time budget in seconds")
-    sp.set_defaults(func=cmd_amp)
+        entry.add_arguments(sp)
+        sp.set_defaults(func=step_command(name))
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of the experiment file (for editors)."""
+    import json
+
+    from sweeper.config.schema import experiment_schema
+
+    print(json.dumps(experiment_schema(), indent=2))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -556,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     pool_options(sp)
     sp.set_defaults(func=cmd_batch)
     _export_parser(sub)
+    sp = sub.add_parser("schema", help="print the JSON Schema of the experiment file (for editor completion)")
+    sp.set_defaults(func=cmd_schema)
     sp = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the project's store")
     sp.add_argument("--uri", default=None, help="tracking store (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     sp.add_argument("--port", type=_whole(1, 65535), default=5000, help="port on 127.0.0.1 (default 5000)")

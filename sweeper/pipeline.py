@@ -125,8 +125,17 @@ class Workspace:
         graph.compute_macs(self.stats.shapes, batched=self.cal_set.layout == "batched")
         c = exp.calibration
         self.quant_config = QuantConfig(scheme=c.scheme, percentile=c.percentile, act_symmetric=c.act_symmetric,
-                                        weight_symmetric=c.weight_symmetric, per_channel=c.per_channel)
+                                        weight_symmetric=c.weight_symmetric, per_channel=c.per_channel,
+                                        bias=c.bias)
         self.table = EncodingTable(graph, self.stats, self.quant_config)
+        # AIMET calibrates activations with the weights already quantized (issue 8 item 7): one pass per
+        # integer weight bit width among the candidates and the analysis precisions (8 and 16)
+        from sweeper.quant.weight_aware import collect_weight_aware
+
+        bits = {p.weight_bits for p in exp.candidates if not p.is_float} | {8, 16}
+        self.stats.by_weight_bits = collect_weight_aware(
+            graph, self.table.weight, bits, self.cal_set, batch_size=exp.batch_size,
+            max_samples=exp.calibration.samples, threads=self.threads)
 
     def sample_size(self) -> int:
         """Samples in :meth:`sample_feeds`: a batch of batched data, else 1 (one model run)."""

@@ -41,7 +41,8 @@ _TOP_KEYS = (
 _MODEL_KEYS = ("onnx", "torch")
 _DATA_KEYS = ("calibration", "evaluation")
 _TARGET_KEYS = ("max_drop",)
-_CALIBRATION_KEYS = ("scheme", "percentile", "samples", "act_symmetric", "weight_symmetric", "per_channel")
+_CALIBRATION_KEYS = ("scheme", "percentile", "samples", "act_symmetric", "weight_symmetric", "per_channel", "bias")
+BIAS_MODES = ("int32", "float")
 _TRACKING_KEYS = ("uri", "artifacts")
 _STUDY_KEYS = ("storage",)
 _COST_KEYS = ("target",)
@@ -74,6 +75,7 @@ class CalibrationSpec:
     act_symmetric: bool = False
     weight_symmetric: bool = True
     per_channel: bool = True
+    bias: str = "int32"  # int32 at input scale x weight scale, or float (as AIMET's sim and default export)
 
 
 @dataclass(frozen=True)
@@ -375,6 +377,9 @@ def _calibration(ctx: _Ctx, raw: Mapping[str, Any]) -> CalibrationSpec:
         scheme = "minmax"
     if scheme not in SCHEMES:
         raise ctx.error("calibration.scheme", f"found {_describe(scheme)}: expected one of {', '.join(SCHEMES)}")
+    bias = section.get("bias", "int32")
+    if bias not in BIAS_MODES:
+        raise ctx.error("calibration.bias", f"found {_describe(bias)}: expected one of {', '.join(BIAS_MODES)}")
     percentile = DEFAULT_PERCENTILE
     if section.get("percentile") is not None:
         expected = "a number in (0, 100]"
@@ -391,6 +396,7 @@ def _calibration(ctx: _Ctx, raw: Mapping[str, Any]) -> CalibrationSpec:
         act_symmetric=_bool(ctx, section, "act_symmetric", "calibration.act_symmetric", False),
         weight_symmetric=_bool(ctx, section, "weight_symmetric", "calibration.weight_symmetric", True),
         per_channel=_bool(ctx, section, "per_channel", "calibration.per_channel", True),
+        bias=bias,
     )
 
 

@@ -58,6 +58,7 @@ def experiment_schema() -> dict[str, Any]:
             "act_symmetric": {"type": "boolean", "default": False},
             "weight_symmetric": {"type": "boolean", "default": True},
             "per_channel": {"type": "boolean", "default": True},
+            "bias": {"enum": list(cfg.BIAS_MODES), "default": "int32"},
         }),
         "workers": {"type": "integer", "minimum": 1, "default": cfg.DEFAULT_WORKERS},
         "pool": {"enum": list(cfg.POOLS), "default": "ray"},

@@ -80,6 +80,9 @@ class CalibrationStats:
     tensors: dict[str, TensorStats]
     shapes: dict[str, tuple[int, ...]]
     samples: int
+    # activation statistics with the weights fake-quantized at N bits (AIMET calibrates this way):
+    # {N: {tensor: TensorStats}}, filled by sweeper.quant.weight_aware; empty = FP32 statistics only
+    by_weight_bits: dict[int, dict[str, TensorStats]] = field(default_factory=dict)
 
     def sentinel_report(self) -> dict[str, dict[str, float | str]]:
         """Tensors where masking sentinels were found, and how they are handled."""

@@ -44,3 +44,33 @@ def render_pareto(doc: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
     return buf.getvalue()
+
+
+def format_amp(d: dict[str, Any], metric: str, output: Any) -> str:
+    """The AMP summary the CLI prints: the Pareto front with estimated and measured latency, the accepted
+    profile, and where the results are."""
+    metric = metric.rsplit(":", 1)[-1][:10]
+    lines = [f"\nStep 3 - AMP ({d['algorithm']}, cost {d['cost']}): {d['experiment']}, candidates "
+             f"{', '.join(d['candidates'])}, FP32 {d['fp32_metric']:.4f}, max drop {d['max_drop']}",
+             f"{d['evaluations']} profiles evaluated in {d['search_seconds']:.1f}s",
+             f"\nPareto front ({len(d['pareto_front'])} profiles; latency in ms per sample):",
+             f"  {'cost':>8} {metric:>10} {'est ms':>9} {'measured ms':>11}  profile"]
+    for f in d["pareto_front"]:
+        meas = f"{f['measured_latency_ms']:.4f}" if f.get("measured_latency_ms") is not None else "-"
+        lines.append(f"  {f['cost']:>8.3f} {f['metric']:>10.4f} {f['est_latency_ms']:>9.4f} {meas:>11}  {f['profile']}")
+    a = d["accepted"]
+    if a:
+        measured = (f", measured {a['measured_latency_ms']:.4f} ms" if a.get("measured_latency_ms") is not None else "")
+        lines += [f"\naccepted: {a['profile']}  {metric} {a['metric']:.4f} (drop {a['drop']:+.4f}), cost {a['cost']:.3f}, "
+                  f"BOPs {a['bops_ratio']:.2f}x w8a8, est {a['est_latency_ms']:.4f} ms{measured}",
+                  f"cheapest passing uniform candidate: {d['cheapest_passing_uniform']}", f"exported: {a['onnx']}"]
+        note = ((d.get("latency") or {}).get("check") or {}).get("note")
+        if note:
+            lines.append(f"latency check: {note}")
+    else:
+        lines.append("\nno evaluated profile meets the target")
+    if d.get("latency_rank_correlation") is not None:
+        lines.append(f"rank correlation of estimated vs measured latency over the front: "
+                     f"{d['latency_rank_correlation']:.2f}")
+    lines.append(f"results: {output}/results.json  plot: {output}/pareto.png")
+    return "\n".join(lines)

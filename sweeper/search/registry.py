@@ -61,10 +61,28 @@ def _baseline_report(s: Any, rep: Any) -> str:
 
 
 # -- analyze ------------------------------------------------------------------------------------------
-def _rank_arg(sp: argparse.ArgumentParser) -> None:
-    from sweeper.search.analyzer import RANKINGS
+class LazyChoices:
+    """The allowed values of an option, read from the module that owns them only when they are needed (a
+    check, ``--help``), so that building the parser imports nothing heavy."""
 
-    sp.add_argument("--rank", default="enable_one", choices=RANKINGS, help="sensitivity ranking (default enable_one)")
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def _values(self) -> tuple[str, ...]:
+        import importlib
+
+        return tuple(getattr(importlib.import_module(self.module), self.name))
+
+    def __iter__(self) -> Any:
+        return iter(self._values())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+
+def _rank_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--rank", default="enable_one", choices=LazyChoices("sweeper.search.analyzer", "RANKINGS"),
+                    help="sensitivity ranking (default enable_one)")
 
 
 def _analyze_args(sp: argparse.ArgumentParser) -> None:
@@ -82,11 +100,9 @@ def _analyze_report(s: Any, rep: Any) -> str:
 
 # -- litemp -------------------------------------------------------------------------------------------
 def _litemp_args(sp: argparse.ArgumentParser) -> None:
-    from sweeper.search.litemp import DEFAULT_KS
-
     sp.add_argument("--base", default="w8a8", help="base precision (default w8a8)")
     sp.add_argument("--high", default="fp16", help="precision of the flipped groups (default fp16)")
-    sp.add_argument("--k", default=",".join(f"{k:g}" for k in DEFAULT_KS),
+    sp.add_argument("--k", default="0,5,10,15,20,30,50,75,100",
                     help="percentages of groups to flip, tried in order (refined where the metric jumps)")
     _rank_arg(sp)
 
@@ -113,6 +129,41 @@ def _litemp_report(s: Any, rep: Any) -> str:
     return "\n".join(lines)
 
 
+# -- amp ----------------------------------------------------------------------------------------------
+def _amp_args(sp: argparse.ArgumentParser) -> None:
+    from sweeper.cli import _real, _whole
+
+    sp.add_argument("--algorithm", default="greedy", choices=LazyChoices("sweeper.search.amp", "ALGORITHMS"),
+                    help="search (default greedy)")
+    sp.add_argument("--candidates", help="comma-separated precisions (default: the experiment's candidates)")
+    sp.add_argument("--cost", default="bops", choices=LazyChoices("sweeper.search.amp", "COSTS"),
+                    help="cost to minimise (default bops; latency: the CostModel's estimate)")
+    sp.add_argument("--objective", default="multi", choices=LazyChoices("sweeper.search.amp", "OBJECTIVES"),
+                    help="Optuna: multi (NSGA-II on metric and cost, default) or constrained (TPE on cost)")
+    sp.add_argument("--trials", type=_whole(1), default=100, help="Optuna trial budget (default 100)")
+    sp.add_argument("--timeout", type=_real(0, above=True), default=None, help="Optuna time budget in seconds")
+
+
+def amp_candidates(text: str | None) -> list[Any] | None:
+    """``--candidates``: at least two precisions, or None for the experiment's."""
+    if not text:
+        return None
+    cands = [precision_arg(c.strip(), "--candidates") for c in text.split(",") if c.strip()]
+    if len(cands) < 2:
+        raise SweeperError("--candidates", "expected at least two precisions, e.g. w4a8,w8a8,fp16")
+    return cands
+
+
+def _amp_run(s: Any, a: argparse.Namespace) -> Any:
+    return s.amp(amp_candidates(a.candidates), a.algorithm, a.cost, a.objective, a.trials, a.timeout, fresh=a.fresh)
+
+
+def _amp_report(s: Any, rep: Any) -> str:
+    from sweeper.report.amp import format_amp
+
+    return format_amp(rep.doc, s.ws.exp.metric, rep.output)
+
+
 STEPS: dict[str, StepCommand] = {
     "baseline": StepCommand("baseline", "Step 1: simulate every candidate precision", lambda sp: None,
                             lambda s, a: s.baseline(fresh=a.fresh), _baseline_report),
@@ -121,6 +172,8 @@ STEPS: dict[str, StepCommand] = {
                            _analyze_report),
     "litemp": StepCommand("litemp", "Step 2: flip the top-k %% most sensitive groups to a higher precision",
                           _litemp_args, _litemp_run, _litemp_report),
+    "amp": StepCommand("amp", "Step 3: automatic mixed precision (greedy, Optuna, or both)", _amp_args, _amp_run,
+                       _amp_report),
 }
 
-__all__ = ["STEPS", "StepCommand", "percentages", "precision_arg"]
+__all__ = ["STEPS", "LazyChoices", "StepCommand", "amp_candidates", "percentages", "precision_arg"]

@@ -30,6 +30,7 @@ class QuantConfig:
     act_symmetric: bool = False
     weight_symmetric: bool = True
     per_channel: bool = True
+    bias: str = "int32"  # "int32": input scale x weight scale (deployment); "float": kept float (AIMET's sim)
 
 
 class EncodingTable:
@@ -39,7 +40,8 @@ class EncodingTable:
         self.graph = graph
         self.stats = stats
         self.config = config
-        self._act: dict[tuple[str, int], Encoding] = {}
+        self._act: dict[tuple[str, int, int], Encoding] = {}
+        self._loaded_act: dict[tuple[str, int], Encoding] = {}
         self._weight: dict[tuple[str, int], Encoding] = {}
         self._bias: dict[tuple[str, bytes], BiasEncoding] = {}
         self.group_of = graph.group_of()
@@ -49,10 +51,17 @@ class EncodingTable:
         st = self.stats.tensors.get(tensor)
         return st is not None and st.sentinels > 0 and st.degenerate
 
-    def activation(self, tensor: str, bits: int) -> Encoding:
-        key = (tensor, bits)
+    def activation(self, tensor: str, bits: int, weight_bits: int = 32) -> Encoding:
+        """``tensor``'s encoding at ``bits``, from the statistics collected with the weights at ``weight_bits``
+        (AIMET's calibration; the FP32 statistics when that width had no pass of its own)."""
+        if (tensor, bits) in self._loaded_act:
+            return self._loaded_act[(tensor, bits)]
+        by_bits = getattr(self.stats, "by_weight_bits", {}).get(weight_bits, {})
+        if tensor not in by_bits:
+            weight_bits = 32
+        key = (tensor, bits, weight_bits)
         if key not in self._act:
-            st = self.stats.tensors[tensor]
+            st = by_bits.get(tensor) or self.stats.tensors[tensor]
             if st.count == 0:
                 self._act[key] = encoding_from_range(np.zeros(1), np.zeros(1), bits, self.config.act_symmetric)
             else:
@@ -72,7 +81,7 @@ class EncodingTable:
         return self._weight[key]
 
     def set_activation(self, tensor: str, enc: Encoding) -> None:
-        self._act[(tensor, enc.bitwidth)] = enc
+        self._loaded_act[(tensor, enc.bitwidth)] = enc  # a loaded encoding holds whatever the weights
 
     def set_weight(self, name: str, enc: Encoding) -> None:
         self._weight[(name, enc.bitwidth)] = enc
@@ -84,7 +93,7 @@ class EncodingTable:
             return None
         if prec.is_fp16:
             return float16_encoding()
-        return self.activation(tensor, prec.act_bits)
+        return self.activation(tensor, prec.act_bits, prec.weight_bits)
 
     def weight_encoding(self, name: str, prec: Precision) -> Encoding | None:
         if prec.weights_float:
@@ -106,7 +115,7 @@ class EncodingTable:
         if bq is None:
             return None
         prec = self._bias_prec(bias, prec)
-        if prec.is_float or prec.weights_float:
+        if prec.is_float or prec.weights_float or self.config.bias == "float":
             return None
         ins = self.graph.input_quantizers(self.graph.node_by_name[bq.op])
         if len(ins) != 1:
