@@ -20,10 +20,9 @@ import yaml
 from sweeper.errors import SweeperError
 from sweeper.eval.metrics import BUILTIN_METRICS
 from sweeper.quant.encoding import SCHEMES
-from sweeper.quant.precision import Precision
+from sweeper.quant.precision import DEFAULT_CANDIDATES, Precision
 
 POOLS = ("ray", "local")
-DEFAULT_CANDIDATES = ("w8a8", "w8a16", "w16a16", "fp16", "w4a8", "w4a16")
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_WORKERS = 2
 DEFAULT_PERCENTILE = 99.99

@@ -80,3 +80,6 @@ class Precision:
 
 FP32 = Precision(32, 32, True)
 FP16 = Precision(16, 16, True)
+
+
+DEFAULT_CANDIDATES = ("w8a8", "w8a16", "w16a16", "fp16", "w4a8", "w4a16")  # Step 1's default candidates

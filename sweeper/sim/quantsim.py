@@ -33,7 +33,7 @@ from sweeper.model.opset import MS_DOMAIN, ai_onnx_opset, int_container, q16_dom
 from sweeper.model.session import ort_session
 from sweeper.quant.encoding import Encoding
 from sweeper.quant.fp16 import FP16_MAX
-from sweeper.quant.precision import FP32, Precision
+from sweeper.quant.precision import DEFAULT_CANDIDATES, FP32, Precision
 from sweeper.quant.profile import Profile
 from sweeper.sim.encodings import EncodingTable
 
@@ -116,8 +116,6 @@ class QuantSim:
         self.signed = table.config.act_symmetric
         precs = [p if isinstance(p, Precision) else Precision.parse(p) for p in (precisions or [])]
         if not precs:
-            from sweeper.config.experiment import DEFAULT_CANDIDATES
-
             precs = [Precision.parse(p) if isinstance(p, str) else p for p in DEFAULT_CANDIDATES]
         self.precisions: list[Precision] = list(dict.fromkeys([FP32, *precs]))
         self._act_cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}
