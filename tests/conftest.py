@@ -147,3 +147,58 @@ tracking:
   uri: sqlite:///{tmp / 'mlflow.db'}
 {extra}""")
     return path
+
+
+# -- tests that start Ray inside the test process run in a child pytest ---------------------------------------
+# A Ray runtime that dies in the process that started it can end that process at once (Ray's core worker calls
+# _Exit(1) when a thread reaches it while or after it shuts down): in the pytest process that is a silent exit
+# 1 with no summary. Tests marked ``isolated`` therefore run in a child `python -m pytest <node id>`; the parent
+# reports the child's result, and its exit status and output when it ended without one.
+ISOLATED_ENV = "SWEEPER_TEST_ISOLATED"
+ISOLATED_TIMEOUT = 900.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "isolated: run this test in a child pytest process (it starts Ray in "
+                                       "process; a dying runtime must not take the test runner down)")
+
+
+def _run_isolated(item: pytest.Function) -> None:
+    """Run one test in a child pytest (own process group); fail with the child's output unless it passed."""
+    import signal
+    import subprocess
+    import sys
+
+    root = item.config.rootpath
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir",
+           str(root), item.nodeid]
+    env = dict(os.environ, **{ISOLATED_ENV: "1"})
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=ISOLATED_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"isolated test did not finish in {ISOLATED_TIMEOUT:.0f} s\n{out[-6000:]}", pytrace=False)
+    finally:
+        try:  # whatever the child left in its process group (a Ray runtime it could not stop)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    summary = out.strip().splitlines()[-1] if out.strip() else ""
+    if proc.returncode == 0 and " passed" in summary:
+        return
+    if proc.returncode == 0 and " skipped" in summary:
+        pytest.skip(f"skipped in the isolated process: {summary}")
+    pytest.fail(f"isolated test process ended with exit status {proc.returncode} (summary: {summary or 'none'})"
+                f"\n{out[-6000:]}", pytrace=False)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Tests marked ``isolated`` run in a child process unless this already is that child."""
+    if pyfuncitem.get_closest_marker("isolated") is None or os.environ.get(ISOLATED_ENV) == "1":
+        return None
+    _run_isolated(pyfuncitem)
+    return True

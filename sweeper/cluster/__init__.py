@@ -5,6 +5,15 @@ This is the only package that imports ray.
 
 from __future__ import annotations
 
-from sweeper.cluster.pool import InProcessPool, LazyPool, RayPool, Result, WorkerPool, WorkerSpec, make_pool
+from sweeper.cluster.pool import (
+    InProcessPool,
+    LazyPool,
+    PoolClosed,
+    RayPool,
+    Result,
+    WorkerPool,
+    WorkerSpec,
+    make_pool,
+)
 
-__all__ = ["InProcessPool", "LazyPool", "RayPool", "Result", "WorkerPool", "WorkerSpec", "make_pool"]
+__all__ = ["InProcessPool", "LazyPool", "PoolClosed", "RayPool", "Result", "WorkerPool", "WorkerSpec", "make_pool"]

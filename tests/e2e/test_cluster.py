@@ -274,3 +274,154 @@ def test_cluster_yaml_is_a_valid_launcher_config() -> None:
     assert "--address=$RAY_HEAD_IP:6379" in worker
     assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in worker
     assert any("scripts/setup.sh" in c for c in raw["setup_commands"])
+
+
+# -- losing a node in the middle of an AMP search ---------------------------------------------------------------
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process below it (by parent pid), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _records(db: Path) -> list[dict[str, Any]]:
+    """The sweep study's records (completed trials' ``sweeper`` attribute), read without writing."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            rows = con.execute("SELECT a.value_json FROM trial_user_attributes a JOIN trials t "
+                               "ON a.trial_id = t.trial_id WHERE a.key = 'sweeper' AND t.state = 'COMPLETE' "
+                               "ORDER BY t.trial_id")
+            return [json.loads(v) for (v,) in rows.fetchall()]
+    except sqlite3.Error:  # the driver is creating the schema right now
+        return []
+
+
+def _tiled_mnist(work: Path, tile: int) -> Path:
+    """experiments/mnist_cnn.yaml on its evaluation set repeated ``tile`` times (an evaluation lasts long
+    enough to lose a node in the middle of one), tracking into a local MLflow store."""
+    from sweeper.examples import mnist
+
+    raw = yaml.safe_load((ROOT / "experiments" / "mnist_cnn.yaml").read_text())
+    ev = mnist.evaluation_data()
+    import numpy as np
+
+    np.savez(work / "cal.npz", **mnist.calibration_data())
+    np.savez(work / "eval.npz", input=np.tile(ev["input"], (tile, 1, 1, 1)), labels=np.tile(ev["labels"], tile))
+    raw["data"] = {"calibration": "cal.npz", "evaluation": "eval.npz"}
+    raw["batch_size"] = 512
+    raw["output"] = str(work / "out")
+    raw["tracking"] = {"uri": f"sqlite:///{work / 'mlflow.db'}"}
+    path = work / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_amp_survives_losing_a_node(tmp_path: Path) -> None:
+    """A head (2 CPUs) and a second node (1 CPU); `sweeper amp --address` with 2 workers, spread one per node.
+    Once the second node's worker has completed an evaluation, every process of that node (its raylet, its
+    workers, its agents) is SIGKILLed. The search finishes on the head (the lost worker is replaced there and
+    its evaluations run again), every profile is in the study and in MLflow exactly once, and the driver
+    reports the lost node with the workers it took and the profiles re-evaluated."""
+    import re
+
+    import mlflow
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="swl-", dir="/tmp"))  # short: Ray's unix socket paths
+    head_dir, node_dir = ray_tmp / "h", ray_tmp / "n"
+    head_dir.mkdir()
+    node_dir.mkdir()
+    common = ["--block", "--num-gpus=0", "--object-store-memory=100000000", "--disable-usage-stats",
+              "--dashboard-agent-listen-port=0", "--dashboard-agent-grpc-port=0", "--metrics-export-port=0",
+              "--runtime-env-agent-port=0"]
+    started: list[subprocess.Popen[bytes]] = []
+    driver: subprocess.Popen[str] | None = None
+    t0 = time.monotonic()
+    try:
+        exp = _tiled_mnist(tmp_path, tile=6)
+        head = _start([*RAY, "start", "--head", "--port=0", f"--temp-dir={head_dir}", "--include-dashboard=false",
+                       "--dashboard-port=0", "--num-cpus=2", *common], tmp_path / "head.log")
+        started.append(head)
+        address_file = head_dir / "ray_current_cluster"
+        _wait("ray head", address_file.exists, t0 + 90, [(head, tmp_path / "head.log")])
+        address = "127.0.0.1:" + address_file.read_text().strip().rsplit(":", 1)[1]
+        node = _start([*RAY, "start", f"--address={address}", f"--temp-dir={node_dir}", "--num-cpus=1", *common],
+                      tmp_path / "node.log")
+        started.append(node)
+        nodes = _probe(address, "nodes", wait=60)
+        assert len(nodes) == 2, (nodes, _tail(tmp_path / "node.log"))
+        lost = next(n["id"] for n in nodes if not n["head"])
+        head_id = next(n["id"] for n in nodes if n["head"])
+
+        cmd = [sys.executable, "-m", "sweeper", "amp", str(exp), "--address", address, "--workers", "2",
+               "--algorithm", "greedy+optuna", "--trials", "16"]
+        driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=_env(), start_new_session=True)
+        db = tmp_path / "out" / "study.db"
+        deadline = time.monotonic() + 300
+        before: list[dict[str, Any]] = []
+        while driver.poll() is None and time.monotonic() < deadline:
+            before = _records(db)
+            if any(r.get("node") == lost for r in before):  # the second node's worker is at work
+                break
+            time.sleep(0.2)
+        assert any(r.get("node") == lost for r in before), (before, driver.poll())
+        victims = _descendants(node.pid)  # `ray start`, the raylet, its workers and agents
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            out, err = driver.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(driver.pid, signal.SIGKILL)
+            out, err = driver.communicate()
+            raise AssertionError(f"the search did not finish after the node was lost\n{err[-4000:]}") from None
+    finally:
+        if driver is not None and driver.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(driver.pid, signal.SIGKILL)
+        for proc in reversed(started):
+            _stop(proc, grace=20)
+        for pid in _pids_naming(str(ray_tmp)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    assert driver.returncode == 0, err[-4000:]
+    records = _records(db)
+    keys = [r["profile_key"] for r in records]
+    after_loss = records[len(before):]
+    # the driver's report: one line when the loss is seen, one summary with the figures
+    summary = [ln for ln in err.splitlines() if ln.startswith(f"sweeper: lost node {lost} (")]
+    assert len(summary) == 1, err[-4000:]
+    figures = re.search(r"\((\d+) workers?\); (\d+) profiles? re-evaluated", summary[0])
+    assert figures, summary
+    workers_lost, again = int(figures[1]), int(figures[2])
+    doc = json.loads((tmp_path / "out" / "amp" / "results.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mexp = client.get_experiment_by_name("mnist_cnn")
+    runs = [r for r in client.search_runs([mexp.experiment_id], max_results=5000)
+            if "mlflow.parentRunId" in r.data.tags]
+    hashes = [r.data.tags["sweeper.profile_hash"] for r in runs]
+    duplicated = len(keys) - len(set(keys)) + len(hashes) - len(set(hashes))
+    missing = len(set(keys) ^ set(hashes))
+    print(f"lost node {lost[:12]}: {workers_lost} worker(s), {again} profile(s) re-evaluated; "
+          f"{len(keys)} profiles in the study, {len(hashes)} MLflow runs, {duplicated} duplicated, "
+          f"{missing} lost; {len(after_loss)} evaluated after the loss")
+    assert duplicated == 0 and missing == 0 and len(keys) == doc["evaluations"]
+    assert workers_lost == 1 and again >= 1
+    # the rest ran on the surviving node (at most the two calls the lost worker held finished just before)
+    assert sum(r["node"] == head_id for r in after_loss) >= 1
+    assert sum(r["node"] != head_id for r in after_loss) <= 2, after_loss

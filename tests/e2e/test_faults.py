@@ -1,5 +1,7 @@
-"""Faults lose no results: a worker killed mid-sweep, a driver interrupted with SIGINT (real Ray, MLflow,
-Optuna storage; the MNIST example on a tiled evaluation set so a sweep lasts a few seconds)."""
+"""Faults lose no results: a worker killed mid-sweep, a driver interrupted with SIGINT, the pool closed under
+running calls (real Ray, MLflow, Optuna storage; the MNIST example on a tiled evaluation set so a sweep lasts a
+few seconds). Tests that start Ray in the test process are marked ``isolated`` (tests/conftest.py): they run in
+a child pytest, so a Ray runtime dying with its process cannot take the test runner down."""
 
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ def _child_runs(tmp: Path) -> list:
     return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
 
+@pytest.mark.isolated
 def test_killed_worker_is_replaced_and_its_profile_reevaluated(tmp_path: Path) -> None:
     from sweeper.config.experiment import load_experiment
     from sweeper.pipeline import Workspace
@@ -144,11 +147,13 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     assert len(keys) == len(set(keys)) == len(ALL)
 
 
+@pytest.mark.isolated
 def test_closing_the_pool_under_a_running_call_ends_that_call(tmp_path: Path) -> None:
     """A call running in another thread (an AMP plot drawn on a worker) when the pool closes (the step
     failed, Ctrl-C) ends with an error instead of waiting forever for workers that are gone."""
     import threading
 
+    from sweeper.cluster.pool import PoolClosed
     from sweeper.config.experiment import load_experiment
     from sweeper.pipeline import Workspace
     from sweeper.quant.profile import Profile
@@ -172,3 +177,94 @@ def test_closing_the_pool_under_a_running_call_ends_that_call(tmp_path: Path) ->
     thread.join(timeout=60)
     ws.close()
     assert not thread.is_alive() and errors
+    assert isinstance(errors[0], PoolClosed), repr(errors[0])
+
+
+def _session_processes(session: str) -> list[str]:
+    """Command lines of live processes that name a Ray session directory (what a runtime left behind)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                fds = [os.readlink(f) for f in (entry / "fd").iterdir()] if session not in cmd else []
+            except OSError:
+                continue
+            if session in cmd or any(session in f for f in fds):
+                found.append(f"{entry.name} {cmd[:120]}")
+    return found
+
+
+@pytest.mark.isolated
+def test_closing_the_pool_under_calls_in_other_threads_keeps_the_process(tmp_path: Path) -> None:
+    """Three threads keep calling the workers while the main thread closes the pool (Ctrl-C during AMP while a
+    plot is drawn and latency measured on workers). Ray's core worker ends the whole process (exit status 1,
+    nothing printed) when a thread calls into it while or after Ray shuts down, and a Ray call after the
+    shutdown started a second runtime nobody stopped. Now every call ends with PoolClosed, the process goes
+    on, Ray is shut down and nothing of it is left running."""
+    import threading
+
+    import ray
+
+    from sweeper.cluster.pool import PoolClosed
+    from sweeper.config.experiment import load_experiment
+    from sweeper.pipeline import Workspace
+
+    ws = Workspace(load_experiment(_experiment(tmp_path, tile=1)))
+    pool = ws.pool("ray", 2)
+    pool.started()
+    session = ray._private.worker._global_node.get_session_dir_path()
+    done = [0, 0, 0]
+    ended: dict[int, list[BaseException]] = {0: [], 1: [], 2: []}
+
+    def hammer(k: int) -> None:
+        """Calls the workers until the pool says it is closed; goes on after any other error (as a search
+        asking for its next profiles does), at most 20 times."""
+        while len(ended[k]) < 20:
+            try:
+                for _ in pool.map_calls("pid", [()] * 8):
+                    done[k] += 1
+            except BaseException as exc:  # noqa: BLE001 - reported to the test
+                ended[k].append(exc)
+                if isinstance(exc, PoolClosed) or not isinstance(exc, Exception):
+                    return
+
+    threads = [threading.Thread(target=hammer, args=(k,), daemon=True) for k in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while min(done) < 20 and time.monotonic() < deadline and all(t.is_alive() for t in threads):
+        time.sleep(0.05)
+    assert min(done) >= 20, (done, ended)  # every thread is busy calling the workers
+    pool.close()
+    for t in threads:
+        t.join(timeout=60)
+    ws.close()
+    assert not any(t.is_alive() for t in threads)
+    assert all(len(e) == 1 and isinstance(e[0], PoolClosed) for e in ended.values()), ended
+    assert not ray.is_initialized()  # shut down, and no later call started another runtime
+    deadline = time.monotonic() + 30  # Ray's processes exit asynchronously after shutdown
+    while (left := _session_processes(session)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, left
+
+
+@pytest.mark.isolated
+def test_a_call_after_the_pool_closed_fails_and_starts_nothing(tmp_path: Path) -> None:
+    """A thread that asks the pool for work once it is closed (an AMP plot submitted while Ctrl-C closes the
+    pool) gets PoolClosed at once: before, the lazy pool started a second pool and a second Ray runtime that
+    nobody stopped."""
+    import ray
+
+    from sweeper.cluster.pool import PoolClosed
+    from sweeper.config.experiment import load_experiment
+    from sweeper.pipeline import Workspace
+
+    ws = Workspace(load_experiment(_experiment(tmp_path, tile=1)))
+    pool = ws.pool("ray", 1)
+    assert [out for _, out in pool.map_calls("pid", [()])]  # the pool ran
+    pool.close()
+    with pytest.raises(PoolClosed):
+        list(pool.map_calls("pid", [()]))
+    ws.close()
+    assert not ray.is_initialized()
