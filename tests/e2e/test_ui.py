@@ -167,3 +167,65 @@ def test_sigterm_stops_the_server_its_workers_and_its_job_runner(tmp_path: Path)
     finally:
         _kill_by_pid([p for p in started if p != proc.pid and _running(p)])
         _stop(proc)
+
+
+def _chromium(url: str, profile: Path, *mode: str, out: Path | None = None) -> str:
+    """Run headless Chromium once (fresh profile, no network but loopback) and return its stdout; stopped by PID."""
+    args = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000", *mode, url]
+    with (out or profile.with_suffix(".out")).open("wb") as f:
+        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=240)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # helpers (renderer, GPU, zygote) share its group
+            except (ProcessLookupError, PermissionError):
+                pass
+    assert proc.returncode == 0, f"chromium exited with {proc.returncode}"
+    return (out or profile.with_suffix(".out")).read_text(errors="replace")
+
+
+def _visible_text(dom: str) -> str:
+    import html
+
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
+
+
+def test_the_experiment_opens_on_its_runs_in_a_real_browser(tmp_path: Path) -> None:
+    """A small sweep's store, served by `sweeper ui` (a real mlflow server), loaded in headless Chromium from the
+    link sweeper prints: the runs and their metric values are on the page, and it is not the GenAI overview."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium not found: scripts/test.sh installs Debian's chromium (apt-get install chromium)")
+    res = subprocess.run([sys.executable, "-m", "sweeper", "baseline", str(ROOT / "experiments/mnist_cnn.yaml"),
+                          "--pool", "local", "--output", str(tmp_path / "out")], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=900, env=_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads((tmp_path / "out/baseline/results.json").read_text())
+    chosen = next(r for r in results["results"] if r["name"] == results["chosen"])
+    port = _free_port()
+    proc, log = _start_ui(f"sqlite:///{tmp_path / 'mlflow.db'}", port, tmp_path)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/health", proc, log)
+        links = re.findall(r"mnist_cnn: (http://127\.0\.0\.1:\d+/\S+)", log.read_text())
+        assert links, log.read_text()
+        text = _visible_text(_chromium(links[0], tmp_path / "profile-dom", "--dump-dom"))
+        shot = tmp_path / "runs.png"
+        _chromium(links[0], tmp_path / "profile-shot", f"--screenshot={shot}")
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("SWEEPER_UI_SCREENSHOT"):  # keep the screenshot to look at
+            shutil.copy(shot, os.environ["SWEEPER_UI_SCREENSHOT"])
+    finally:
+        _stop(proc)
+    assert "matching runs" in text  # the runs table, not the GenAI overview (usage, quality, tool calls)
+    for genai in ("Detect Issues", "Tool calls", "Usage"):
+        assert genai not in text, genai
+    for r in results["results"]:
+        assert f" {r['name']} " in text, r["name"]  # every profile's child run is listed, not collapsed
+    assert " baseline " in text  # the step's parent run
+    for column in ("metric", "drop", "bops_ratio", "est_latency_ms"):
+        assert f" {column} " in text, column
+    assert repr(chosen["metric"]) in text and repr(chosen["drop"]) in text  # the values, as MLflow shows them
