@@ -25,7 +25,7 @@ import pytest
 import yaml
 from onnx import numpy_helper
 
-from sweeper.config.experiment import DEFAULT_CANDIDATES
+from sweeper.quant.precision import DEFAULT_CANDIDATES
 from sweeper.examples.real import SUITE, SuiteModel
 
 ROOT = Path(__file__).resolve().parents[2]
