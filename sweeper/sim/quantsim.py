@@ -294,7 +294,7 @@ class QuantSim:
         return [helper.make_node("If", [names["m8"]], [out], then_branch=b8, else_branch=rest, name=p + "fq")]
 
     def _session(self):  # noqa: ANN202 - onnxruntime has no stubs
-        return ort_session(self.model, self.threads)
+        return ort_session(self.model, self.threads, exact=True)
 
     # -- profiles ---------------------------------------------------------------------------------
     def _act_feeds(self, t: str, enc: Encoding | None) -> dict[str, np.ndarray]:

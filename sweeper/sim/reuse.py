@@ -242,7 +242,7 @@ class PrefixReuse:
 
     # -- sessions ---------------------------------------------------------------------------------
     def _session(self, model: onnx.ModelProto) -> Any:
-        return ort_session(model, self.sim.threads)
+        return ort_session(model, self.sim.threads, exact=True)
 
     def _capture_model(self) -> onnx.ModelProto:
         m = onnx.ModelProto()
