@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.cluster.pool import measure_on_workers, render_in_background
+from sweeper.cluster.pool import render_in_background
 from sweeper.cost.bops import profile_cost
+from sweeper.cost.measure import LatencyStats, measure_interleaved
 from sweeper.pipeline import StagedOutput, Workspace
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
@@ -231,6 +232,90 @@ def spearman(a: list[float], b: list[float]) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+# -- measured latency and the latency check (issue 13 item 5) ---------------------------------------------
+# Measured latency is ms per sample (one run on the first evaluation batch / its size), like the estimate.
+# The front, the accepted profile and every passing uniform candidate are measured together, interleaved,
+# in this process (ONNX Runtime CPU, 1 thread); with ``--cost latency`` the recommendation is never a
+# profile that measures slower than a passing uniform candidate.
+
+MEASURE_ROUNDS, MEASURE_MIN_ROUNDS, MEASURE_BUDGET_S = 15, 7, 15.0
+
+
+@dataclass
+class LatencyCheck:
+    """The measurements and what the check decided."""
+
+    accepted: tuple[Profile, Evaluated] | None  # after the check
+    exports: dict[str, tuple[Path, Path]]  # name -> (onnx, encodings)
+    measured: dict[str, LatencyStats]  # front<i>, uniform-<c>, accepted, search-choice
+    doc: dict[str, Any]
+
+
+def latency_fields(ev: Evaluated, stats: LatencyStats | None) -> dict[str, Any]:
+    """Estimated and measured latency of one profile, both in ms per sample (the ``*_latency_ms`` keys are
+    the same figures under their former names)."""
+    med = None if stats is None else stats.median
+    return {"est_ms_per_sample": ev.est_latency_ms, "measured_ms_per_sample": med,
+            "measured_spread": None if stats is None else stats.spread_json(),
+            "est_latency_ms": ev.est_latency_ms, "measured_latency_ms": med}
+
+
+def measure_and_check(ws: Workspace, sweep: Sweep, state: AMPState, ok: Callable[[float], bool],
+                      accepted: tuple[Profile, Evaluated] | None, front: list[tuple[float, float, Any]],
+                      cost: str) -> LatencyCheck:
+    """Export and measure the front, the accepted profile and the passing uniform candidates; with
+    ``cost == "latency"``, when a passing uniform candidate measures faster than the search's choice, accept it
+    instead (with another cost the finding is reported only: the user asked for the cheapest by that cost)."""
+    replace = cost == "latency"
+    named: dict[str, Profile] = {}
+    if accepted is not None:
+        named["accepted"] = accepted[0]
+    named.update({f"front{i:02d}": item[0] for i, (_, _, item) in enumerate(front)})
+    uniforms = {ev.name.replace(":", "-"): p for p, ev in state.evaluated.values()
+                if ev.name.startswith("uniform:") and ok(ev.metric)}
+    named.update(uniforms)
+    exports = sweep.export_profiles(named)
+    by_key = {p.key: exports[n][0] for n, p in named.items()}  # one measurement per distinct profile
+    feeds = ws.sample_feeds()
+    stats = measure_interleaved(by_key, feeds, rounds=MEASURE_ROUNDS, min_rounds=MEASURE_MIN_ROUNDS,
+                                budget_s=MEASURE_BUDGET_S)
+    measured = {n: stats[p.key] for n, p in named.items()}
+    doc: dict[str, Any] = {"applied": replace, "replaced": False}
+    if accepted is None or not uniforms:
+        return LatencyCheck(accepted, exports, measured, doc)
+    fastest = min(uniforms, key=lambda n: measured[n].median)
+    choice = measured["accepted"].median
+    doc.update({"search_choice": accepted[0].label(), "search_choice_ms_per_sample": choice,
+                "fastest_passing_uniform": fastest.replace("-", ":", 1),
+                "fastest_passing_uniform_ms_per_sample": measured[fastest].median,
+                "passing_uniform_ms_per_sample": {n.replace("-", ":", 1): measured[n].median for n in uniforms},
+                "passing_uniform_spread": {n.replace("-", ":", 1): measured[n].spread_json() for n in uniforms}})
+    slower = measured[fastest].median < choice and uniforms[fastest].key != accepted[0].key
+    if slower and replace:
+        accepted = state.evaluated[uniforms[fastest].key]
+        exports.update(sweep.export_profiles({"accepted": accepted[0]}))
+        measured["search-choice"], measured["accepted"] = measured["accepted"], measured[fastest]
+        doc["replaced"] = True
+        doc["note"] = (f"the search's choice measured {choice:.4g} ms/sample, slower than passing uniform "
+                       f"{fastest.replace('-', ':', 1)} at {measured[fastest].median:.4g} ms/sample: accepted that")
+    elif slower:
+        doc["note"] = (f"the accepted profile (cheapest by cost {cost}) measures slower "
+                       f"than passing uniform {fastest.replace('-', ':', 1)}; use --cost latency to prefer speed")
+    return LatencyCheck(accepted, exports, measured, doc)
+
+
+def latency_doc(ws: Workspace, lat: LatencyCheck | None) -> dict[str, Any]:
+    """What the latency figures of results.json are: units, the estimate's target, how it was measured."""
+    target = ws.cost_model.target
+    return {"unit": "ms per sample", "estimate_target": target.name, "estimate_target_kind": target.kind,
+            "estimate_batch": ws.cost_model.batch,
+            "measured": None if lat is None else
+            "ONNX Runtime CPU EP, 1 thread, default graph optimizations, the first evaluation batch "
+            f"({ws.sample_size()} samples); median of interleaved "
+            "rounds, spread = interquartile range and min/max",
+            "check": None if lat is None else lat.doc}
+
+
 @dataclass
 class AMPReport:
     doc: dict[str, Any]
@@ -318,29 +403,28 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
                                                        "profile": accepted[0].label()},
         }
         plot = render_in_background(pool, plot_doc, "amp_pareto")  # an idle worker draws while we export
-        named = {}
-        if accepted is not None:
-            named["accepted"] = accepted[0]
-        if measure:  # the front is exported to measure its latency
-            for i, (_, _, (p, _)) in enumerate(front):
-                named.setdefault(f"front{i:02d}", p)
-        exports = sweep.export_profiles(named)
-        measured = measure_on_workers(pool, {n: paths[0] for n, paths in exports.items()}) if measure else {}
+        lat = measure_and_check(ws, sweep, state, ok, accepted, front, cost) if measure else None
+        if lat is not None:
+            accepted = lat.accepted
+        exports = lat.exports if lat is not None else {}
+        if accepted is not None and "accepted" not in exports:
+            exports.update(sweep.export_profiles({"accepted": accepted[0]}))
+        measured = lat.measured if lat is not None else {}
         front_doc = []
         for i, (_, c, (p, ev)) in enumerate(front):
             n = f"front{i:02d}"
             front_doc.append({"name": ev.name, "metric": ev.metric, "drop": ev.drop, "cost": c,
-                              "bops_ratio": ev.bops_ratio, "est_latency_ms": ev.est_latency_ms,
-                              "measured_latency_ms": measured.get(n), "profile": p.label(),
+                              "bops_ratio": ev.bops_ratio, **latency_fields(ev, measured.get(n)),
+                              "profile": p.label(),
                               "onnx": str(out.final / exports[n][0].name) if n in exports else None})
-        corr = spearman([f["est_latency_ms"] for f in front_doc if f["measured_latency_ms"] is not None],
-                        [f["measured_latency_ms"] for f in front_doc if f["measured_latency_ms"] is not None])
+        timed = [f for f in front_doc if f["measured_ms_per_sample"] is not None]
+        corr = spearman([f["est_ms_per_sample"] for f in timed], [f["measured_ms_per_sample"] for f in timed])
         accepted_doc = None
         if accepted is not None:
             p, ev = accepted
             accepted_doc = {"name": ev.name, "metric": ev.metric, "drop": ev.drop, "cost": cost_of(p),
-                            "bops_ratio": ev.bops_ratio, "size_mb": ev.size_mb, "est_latency_ms": ev.est_latency_ms,
-                            "measured_latency_ms": measured.get("accepted"), "profile": p.label(),
+                            "bops_ratio": ev.bops_ratio, "size_mb": ev.size_mb,
+                            **latency_fields(ev, measured.get("accepted")), "profile": p.label(),
                             "mixed": len(set(p.to_json().values())) > 1, "assignment": p.to_json(),
                             "onnx": str(out.final / "accepted.onnx"),
                             "encodings": str(out.final / "accepted.encodings")}
@@ -353,6 +437,7 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
             "evaluations": len(state.evaluated), "search_seconds": search_seconds,
             "pool_startup_seconds": startup,
             "pareto_front": front_doc, "latency_rank_correlation": corr,
+            "latency": latency_doc(ws, lat),
             "greedy": greedy_doc, "optuna": optuna_doc,
             "all": [{"name": ev.name, "metric": ev.metric, "cost": cost_of(p), "profile": p.label()}
                     for p, ev in state.evaluated.values()],
@@ -365,8 +450,8 @@ def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Pr
                    "search_seconds": search_seconds}
         if accepted_doc:
             metrics.update({"accepted_metric": accepted_doc["metric"], "accepted_cost": accepted_doc["cost"]})
-            if accepted_doc["measured_latency_ms"] is not None:
-                metrics["accepted_measured_latency_ms"] = accepted_doc["measured_latency_ms"]
+            if accepted_doc["measured_ms_per_sample"] is not None:
+                metrics["accepted_measured_ms_per_sample"] = accepted_doc["measured_ms_per_sample"]
         if corr is not None:
             metrics["latency_rank_correlation"] = corr
         sweep.finish(metrics, [final / "results.json", final / "pareto.png"])
