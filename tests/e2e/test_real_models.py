@@ -145,7 +145,12 @@ def _rescaled(path: Path, factor: float) -> None:
 RERUN_SAMPLES = {"real_layout": 2}  # pages: the detector is the slowest model of the suite
 
 
-@pytest.mark.parametrize("name", [m.name for m in SUITE])
+# The fingerprint (a hash of the prepared model's content) works the same on every model; the 383-group
+# detector, whose two preparations and Step-1 runs cost minutes, is left to the three smaller models.
+RERUN_MODELS = [m.name for m in SUITE if m.name != "real_layout"]
+
+
+@pytest.mark.parametrize("name", RERUN_MODELS)
 def test_changed_model_at_the_same_path_is_evaluated_again(name: str, tmp_path: Path) -> None:
     suite = BY_NAME[name]
     module = importlib.import_module(suite.module)
