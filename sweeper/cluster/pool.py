@@ -336,20 +336,23 @@ class _Gate:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._inside = 0
+        self._inside: dict[int, int] = {}  # thread id -> Ray calls it is inside
         self.closed = False
 
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
+        me = threading.get_ident()
         with self._cond:
             if self.closed:
                 raise PoolClosed("the worker pool is closed (the step failed or was interrupted)")
-            self._inside += 1
+            self._inside[me] = self._inside.get(me, 0) + 1
         try:
             yield
         finally:
             with self._cond:
-                self._inside -= 1
+                self._inside[me] -= 1
+                if not self._inside[me]:
+                    del self._inside[me]
                 self._cond.notify_all()
 
     def close(self) -> None:
@@ -357,9 +360,11 @@ class _Gate:
             self.closed = True
 
     def drain(self, timeout: float) -> bool:
-        """True once no thread is inside a Ray call (False: one still is after ``timeout`` seconds)."""
+        """True once no other thread is inside a Ray call (False: one still is after ``timeout`` seconds). The
+        closing thread itself does not count: a Ctrl-C may have left it marked inside between two bytecodes."""
+        me = threading.get_ident()
         with self._cond:
-            return self._cond.wait_for(lambda: self._inside == 0, timeout)
+            return self._cond.wait_for(lambda: not (set(self._inside) - {me}), timeout)
 
 
 @dataclass
