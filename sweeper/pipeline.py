@@ -52,7 +52,9 @@ class Workspace:
         self._calibrate()
         from sweeper.cost.latency import CostModel, load_target
 
-        self.cost_model = CostModel(self.graph, self.stats.shapes, load_target(exp.cost_target))
+        batched = self.cal_set.layout == "batched"  # feeds: costs per model run (no batch axis to spread over)
+        self.cost_model = CostModel(self.graph, self.stats.shapes, load_target(exp.cost_target),
+                                    batch=min(exp.batch_size, self.cal_set.samples) if batched else 1)
         self.fp32_session = ort_session(self.prepared, self.threads)
         run = self.fp32_run
         data = self.eval_set if self.eval_set is not None else self.eval_data

@@ -27,8 +27,8 @@ def render_pareto(doc: dict[str, Any]) -> bytes:
     fr = doc["pareto_front"]
     ax.plot([f["cost"] for f in fr], [f["metric"] for f in fr], "s-", color="#2b6cc9", ms=5, lw=1.5,
             label="Pareto front")
-    thr = doc["fp32_metric"] - doc["max_drop"]
-    ax.axhline(thr, color="#c62828", ls=":", lw=1.2, label=f"target (FP32 - {doc['max_drop']})")
+    thr = doc.get("threshold", doc["fp32_metric"] - doc["max_drop"])  # Target.threshold (either direction)
+    ax.axhline(thr, color="#c62828", ls=":", lw=1.2, label=f"target {thr:.4g} (max drop {doc['max_drop']})")
     if doc["accepted"]:
         a = doc["accepted"]
         ax.scatter([a["cost"]], [a["metric"]], marker="*", s=220, color="#1b7a1b", zorder=5,

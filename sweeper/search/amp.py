@@ -27,10 +27,11 @@ import numpy as np
 from sweeper.cluster.pool import render_in_background
 from sweeper.cost.bops import profile_cost
 from sweeper.cost.measure import LatencyStats, measure_interleaved
-from sweeper.pipeline import StagedOutput, Workspace
+from sweeper.pipeline import Workspace
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
-from sweeper.search.evaluate import Evaluated, Sweep, write_json
+from sweeper.search.evaluate import Evaluated, Sweep
+from sweeper.search.step import Batch, PoolNeeds, Step, StepContext, StepOutput, Stream, run_step
 from sweeper.search.study import prepared_storage
 from sweeper.tracking.tracker import Tracker
 
@@ -70,6 +71,7 @@ class AMPState:
     """Everything evaluated so far, shared by the algorithms."""
 
     evaluated: dict[str, tuple[Profile, Evaluated]] = field(default_factory=dict)
+    seeds: list[Profile] = field(default_factory=list)  # profiles a later search starts from (greedy's list)
 
     def add(self, ev: Evaluated, profile: Profile) -> None:
         self.evaluated[profile.key] = (profile, ev)
@@ -93,6 +95,7 @@ class GreedyAMP:
         self.base_profile = Profile.uniform(self.groups, self.baseline)
         self.pareto_list: list[Profile] = []
         self.ordered_pairs: list[tuple[str, str, float]] = []
+        self._phase1_done = False
 
     def phase1(self) -> dict[str, Profile]:
         out = {f"uniform:{c.name}": Profile.uniform(self.groups, c) for c in self.candidates}
@@ -123,37 +126,81 @@ class GreedyAMP:
                 plist.append(current)
         self.ordered_pairs = [(g, c.name, m if higher else -m) for g, c, m, _ in pairs]
         self.pareto_list = plist
+        state.seeds = list(plist)
         return plist
 
-    def search(self, sweep: Sweep, pool, state: AMPState, threshold_ok: Callable[[float], bool]  # noqa: ANN001
-               ) -> Profile | None:
-        """Lowest-cost entry of the Pareto list that passes: a parallel k-ary search over its index (the list
-        is taken as monotone, as AIMET's binary search takes it). Entries already evaluated (phase 1's
-        single-group profiles, the uniform profiles) narrow the range for free; each round evaluates one
-        entry per worker, evenly spaced among the entries still unknown."""
+    def _range(self, state: AMPState, ok: Callable[[float], bool]) -> tuple[int, int] | None:
+        """``(lo, hi)``: the Pareto list's entry ``lo`` is known to pass and ``hi:`` are known to fail (the
+        list is taken as monotone, as AIMET's binary search takes it); None when even entry 0 fails."""
         plist = self.pareto_list
-        lo, hi = 0, len(plist)  # plist[lo] passes (checked below), plist[hi:] is known to fail
-        first = state.metric(plist[0])
-        if first is None or not threshold_ok(first):
+        first = state.metric(plist[0]) if plist else None
+        if first is None or not ok(first):
             return None
-        while hi - lo > 1:
-            for i in range(lo + 1, hi):  # what is known already
-                m = state.metric(plist[i])
-                if m is None:
-                    continue
-                if not threshold_ok(m):
-                    hi = i
-                    break
-                lo = i
-            unknown = [i for i in range(lo + 1, hi) if state.metric(plist[i]) is None]
-            if not unknown:
+        lo, hi = 0, len(plist)
+        for i in range(1, hi):
+            m = state.metric(plist[i])
+            if m is None:
+                continue
+            if not ok(m):
+                hi = i
                 break
-            k = min(self.workers, len(unknown))
-            probes = sorted({unknown[round((j + 1) * (len(unknown) + 1) / (k + 1)) - 1] for j in range(k)})
-            todo = {f"p2:{i}": plist[i] for i in probes}
-            for name, ev in sweep.evaluate(pool, todo, reference=self.base_profile).items():
-                state.add(ev, todo[name])
-        return plist[lo]
+            lo = i
+        return lo, hi
+
+    def propose(self, state: AMPState, ok: Callable[[float], bool]) -> Batch | None:
+        """Phase 1 first; then the lowest-cost passing entry of the Pareto list by a parallel k-ary search
+        over its index: entries already evaluated (phase 1's single-group profiles, the uniform profiles)
+        narrow the range for free; each round evaluates one entry per worker, evenly spaced among the
+        entries still unknown."""
+        if not self._phase1_done:
+            self._phase1_done = True
+            return Batch(self.phase1(), reference=self.base_profile)
+        if not self.pareto_list:
+            self.build_pareto_list(state)
+        rng = self._range(state, ok)
+        if rng is None:
+            return None
+        lo, hi = rng
+        unknown = [i for i in range(lo + 1, hi) if state.metric(self.pareto_list[i]) is None]
+        if not unknown:
+            return None
+        k = min(self.workers, len(unknown))
+        probes = sorted({unknown[round((j + 1) * (len(unknown) + 1) / (k + 1)) - 1] for j in range(k)})
+        return Batch({f"p2:{i}": self.pareto_list[i] for i in probes}, reference=self.base_profile)
+
+    def accepted(self, state: AMPState, ok: Callable[[float], bool]) -> Profile | None:
+        rng = self._range(state, ok)
+        return None if rng is None else self.pareto_list[rng[0]]
+
+    def observe(self, results: dict[str, Evaluated], profiles: dict[str, Profile]) -> None:
+        """Nothing beyond the shared state (the Pareto list is built once phase 1 is in)."""
+
+    def report(self, state: AMPState, ok: Callable[[float], bool]) -> dict[str, Any]:
+        acc = self.accepted(state, ok)
+        return {"baseline": self.baseline.name, "phase1_evaluations": len(self.phase1()),
+                "pareto_list": [{"index": i, "cost": self.cost(p), "metric": state.metric(p), "profile": p.label()}
+                                for i, p in enumerate(self.pareto_list)],
+                "accepted": acc.label() if acc else None}
+
+
+class UniformSearch:
+    """The uniform candidates, once (what every algorithm compares with; greedy's phase 1 includes them)."""
+
+    def __init__(self, groups: list[str], candidates: list[Precision]) -> None:
+        self.profiles = {f"uniform:{c.name}": Profile.uniform(groups, c) for c in candidates}
+        self.asked = False
+
+    def propose(self, state: AMPState, ok: Callable[[float], bool]) -> Batch | None:
+        if self.asked:
+            return None
+        self.asked = True
+        return Batch(self.profiles)
+
+    def observe(self, results: dict[str, Evaluated], profiles: dict[str, Profile]) -> None:
+        pass
+
+    def report(self, state: AMPState, ok: Callable[[float], bool]) -> None:
+        return None
 
 
 class OptunaAMP:
@@ -220,6 +267,56 @@ class OptunaAMP:
                 violation = 0.0 if ok else abs(self.threshold - metric)
                 trial.set_user_attr("violation", violation)
                 self.study.tell(trial, cost, state=TrialState.COMPLETE)
+
+
+class OptunaSearch:
+    """Optuna AMP as a search of the AMP step: one Stream of ask/tell trials, seeded with the greedy
+    Pareto list when greedy ran first (else the uniform candidates), within a trial and time budget."""
+
+    def __init__(self, ws: Workspace, candidates: list[Precision], cost: Callable[[Profile], float], cost_name: str,
+                 objective: str, trials: int, timeout: float | None, fresh: bool) -> None:
+        self.ws, self.candidates, self.cost, self.cost_name = ws, candidates, cost, cost_name
+        self.objective, self.trials, self.timeout, self.fresh = objective, trials, timeout, fresh
+        self.search: OptunaAMP | None = None
+        self.name = ""
+
+    def propose(self, state: AMPState, ok: Callable[[float], bool]) -> Stream | None:
+        if self.search is not None:
+            return None
+        from sweeper.search.evaluate import default_storage
+        from sweeper.search.study import study_name
+
+        ws = self.ws
+        self.name = study_name(ws.exp.name, f"amp-optuna-{self.objective}-{self.cost_name}",
+                               {"candidates": [c.name for c in self.candidates], **ws.fingerprint})
+        search = self.search = OptunaAMP(ws, self.candidates, self.cost, default_storage(ws), self.name,
+                                         self.objective, fresh=self.fresh)
+        groups = [g.name for g in ws.graph.groups]
+        search.seed_with(state.seeds or [Profile.uniform(groups, c) for c in self.candidates])
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        asked = search.done_trials()
+
+        def next_profile() -> tuple[str, Profile] | None:
+            nonlocal asked
+            if asked >= self.trials or (deadline is not None and time.monotonic() > deadline):
+                return None
+            asked += 1
+            return search.ask()
+
+        return Stream(next_profile, total=self.trials)
+
+    def observe(self, results: dict[str, Evaluated], profiles: dict[str, Profile]) -> None:
+        assert self.search is not None
+        for name, ev in results.items():
+            self.search.tell(profiles[name], ev.metric)
+
+    def report(self, state: AMPState, ok: Callable[[float], bool]) -> dict[str, Any] | None:
+        from sweeper.search.evaluate import default_storage
+
+        if self.search is None:
+            return None
+        return {"study": self.name, "storage": default_storage(self.ws), "objective": self.objective,
+                "completed_trials": self.search.done_trials()}
 
 
 def spearman(a: list[float], b: list[float]) -> float | None:
@@ -322,140 +419,140 @@ class AMPReport:
     output: Path
 
 
-def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Precision],  # noqa: ANN001, C901
+class AMPStep(Step):
+    """Step 3 as a :class:`~sweeper.search.step.Step`: the algorithm's searches in order (see ``SEARCHES``)
+    share one state of evaluated profiles; the answer is the cheapest passing profile evaluated."""
+
+    name = "amp"
+    export_each = False
+
+    def __init__(self, ws: Workspace, candidates: list[Precision], *, algorithm: str = "greedy", cost: str = "bops",
+                 objective: str = "multi", trials: int = 100, timeout: float | None = None, fresh: bool = False,
+                 measure: bool = True, workers: int = 1, startup_seconds: float = 0.0) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
+        self.ws, self.candidates, self.algorithm, self.cost_name = ws, candidates, algorithm, cost
+        self.objective, self.trials, self.measure = objective, trials, measure
+        self.strategy = algorithm
+        self.cost = cost_function(ws, cost)
+        self.state = AMPState()
+        self.greedy = GreedyAMP(ws, candidates, self.cost, workers)
+        make = {"greedy": lambda: self.greedy, "uniform": lambda: UniformSearch(self.greedy.groups, candidates),
+                "optuna": lambda: OptunaSearch(ws, candidates, self.cost, cost, objective, trials, timeout, fresh)}
+        self.searches = {kind: make[kind]() for kind in SEARCHES[algorithm]}
+        self._order = list(self.searches.values())
+        self._current: Any = None
+        self._t0: float | None = None
+        self._startup0 = startup_seconds
+
+    def ok(self, metric: float) -> bool:
+        return self.ws.meets(metric)
+
+    def params(self) -> dict[str, Any]:
+        return {"algorithm": self.algorithm, "cost": self.cost_name, "objective": self.objective,
+                "trials": self.trials, "amp_candidates": ",".join(c.name for c in self.candidates)}
+
+    def pool_needs(self) -> PoolNeeds:
+        return PoolNeeds(tuple(c.name for c in self.candidates), reuse=True)
+
+    def propose(self) -> Batch | Stream | None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        while self._order:
+            proposal = self._order[0].propose(self.state, self.ok)
+            if proposal is not None:
+                self._current = self._order[0]
+                return proposal
+            self._order.pop(0)
+        return None
+
+    def observe(self, results: dict[str, Evaluated], profiles: dict[str, Profile]) -> None:
+        for name, ev in results.items():
+            self.state.add(ev, profiles[name])
+        self._current.observe(results, profiles)
+
+    def finish(self, ctx: StepContext) -> StepOutput:
+        startup = getattr(ctx.pool, "startup_seconds", 0.0) - self._startup0
+        search_seconds = time.perf_counter() - (self._t0 or time.perf_counter()) - startup
+        return _amp_result(self, ctx, search_seconds, startup)
+
+
+SEARCHES = {"greedy": ("greedy",), "optuna": ("uniform", "optuna"), "greedy+optuna": ("greedy", "optuna")}
+
+
+def _plot_doc(step: AMPStep, front: list[Any], accepted: tuple[Profile, Evaluated] | None,
+              reports: dict[str, Any]) -> dict[str, Any]:
+    ws, cost_of, st = step.ws, step.cost, step.state
+    return {"experiment": ws.exp.name, "metric": ws.exp.metric, "fp32_metric": ws.fp32_metric,
+            "max_drop": ws.exp.max_drop, "threshold": ws.target.threshold, "algorithm": step.algorithm,
+            "cost": step.cost_name, "evaluations": len(st.evaluated),
+            "all": [{"cost": cost_of(p), "metric": ev.metric} for p, ev in st.evaluated.values()],
+            "greedy": reports.get("greedy"), "pareto_front": [{"cost": c, "metric": item[1].metric} for _, c, item in front],
+            "accepted": None if accepted is None else {"cost": cost_of(accepted[0]), "metric": accepted[1].metric,
+                                                       "profile": accepted[0].label()}}
+
+
+def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup: float) -> StepOutput:
+    """The answer (the cheapest passing profile evaluated: greedy's pick, Optuna's, or a uniform one), its
+    Pareto front, latency measurements, exports, the plot and the results document."""
+    ws, cost_of, st, ok = step.ws, step.cost, step.state, step.ok
+    higher = ws.exp.higher_is_better
+    reports = {k: s.report(st, ok) for k, s in step.searches.items()}
+    points = [(ev.metric if higher else -ev.metric, cost_of(p), (p, ev)) for p, ev in st.evaluated.values()]
+    passing = [(c, m, item) for m, c, item in points if ok(item[1].metric)]
+    accepted = min(passing, key=lambda t: (t[0], -t[1]))[2] if passing else None
+    front = pareto_front(points)
+    plot = render_in_background(ctx.pool, _plot_doc(step, front, accepted, reports), "amp_pareto")
+    lat = measure_and_check(ws, ctx.sweep, st, ok, accepted, front, step.cost_name) if step.measure else None
+    if lat is not None:
+        accepted = lat.accepted
+    exports = lat.exports if lat is not None else {}
+    if accepted is not None and "accepted" not in exports:
+        exports.update(ctx.sweep.export_profiles({"accepted": accepted[0]}))
+    measured = lat.measured if lat is not None else {}
+    front_doc = []
+    for i, (_, c, (p, ev)) in enumerate(front):
+        n = f"front{i:02d}"
+        front_doc.append({"name": ev.name, "metric": ev.metric, "drop": ev.drop, "cost": c,
+                          "bops_ratio": ev.bops_ratio, **latency_fields(ev, measured.get(n)), "profile": p.label(),
+                          "onnx": str(exports[n][0]) if n in exports else None})
+    timed = [f for f in front_doc if f["measured_ms_per_sample"] is not None]
+    corr = spearman([f["est_ms_per_sample"] for f in timed], [f["measured_ms_per_sample"] for f in timed])
+    accepted_doc = None
+    if accepted is not None:
+        p, ev = accepted
+        accepted_doc = {"name": ev.name, "metric": ev.metric, "drop": ev.drop, "cost": cost_of(p),
+                        "bops_ratio": ev.bops_ratio, "size_mb": ev.size_mb,
+                        **latency_fields(ev, measured.get("accepted")), "profile": p.label(),
+                        "mixed": len(set(p.to_json().values())) > 1, "assignment": p.to_json(),
+                        "onnx": str(ctx.staging / "accepted.onnx"), "encodings": str(ctx.staging / "accepted.encodings")}
+    uniform_passing = sorted((cost_of(p), ev.name) for p, ev in st.evaluated.values()
+                             if ev.name.startswith("uniform:") and ok(ev.metric))
+    doc = {"experiment": ws.exp.name, "metric": ws.exp.metric, "fp32_metric": ws.fp32_metric,
+           "max_drop": ws.exp.max_drop, "algorithm": step.algorithm, "cost": step.cost_name,
+           "candidates": [c.name for c in step.candidates], "accepted": accepted_doc,
+           "cheapest_passing_uniform": uniform_passing[0][1] if uniform_passing else None,
+           "evaluations": len(st.evaluated), "search_seconds": search_seconds, "pool_startup_seconds": startup,
+           "pareto_front": front_doc, "latency_rank_correlation": corr, "latency": latency_doc(ws, lat),
+           "greedy": reports.get("greedy"), "optuna": reports.get("optuna"),
+           "all": [{"name": ev.name, "metric": ev.metric, "cost": cost_of(p), "profile": p.label()}
+                   for p, ev in st.evaluated.values()]}
+    (ctx.staging / "pareto.png").write_bytes(plot.result())
+    metrics = {"fp32_metric": ws.fp32_metric, "evaluations": float(len(st.evaluated)), "search_seconds": search_seconds}
+    if accepted_doc:
+        metrics.update({"accepted_metric": accepted_doc["metric"], "accepted_cost": accepted_doc["cost"]})
+        if accepted_doc["measured_ms_per_sample"] is not None:
+            metrics["accepted_measured_ms_per_sample"] = accepted_doc["measured_ms_per_sample"]
+    if corr is not None:
+        metrics["latency_rank_correlation"] = corr
+    return StepOutput(doc, metrics, ["pareto.png"], value=AMPReport(doc, ctx.final))
+
+
+def run_amp(ws: Workspace, pool, tracker: Tracker | None, *, candidates: list[Precision],  # noqa: ANN001
             algorithm: str = "greedy", cost: str = "bops", objective: str = "multi", trials: int = 100,
             timeout: float | None = None, fresh: bool = False, measure: bool = True) -> AMPReport:
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
-    exp = ws.exp
-    cost_of = cost_function(ws, cost)
-    higher = exp.higher_is_better
-
-    def ok(m: float) -> bool:
-        return ws.drop(m) <= exp.max_drop
-
-    out = StagedOutput(exp.output, "amp")
-    state = AMPState()
-    t_start = time.perf_counter()
-    startup0 = getattr(pool, "startup_seconds", 0.0)  # a lazy pool starting during the search: not search time
-    try:
-        sweep = Sweep(ws, "amp", algorithm, out.path, tracker, fresh=fresh, export=False,
-                      params={"algorithm": algorithm, "cost": cost, "objective": objective, "trials": trials,
-                              "amp_candidates": ",".join(c.name for c in candidates)})
-        greedy_doc: dict[str, Any] | None = None
-        greedy = GreedyAMP(ws, candidates, cost_of, pool.size)
-        if algorithm in ("greedy", "greedy+optuna"):
-            p1 = greedy.phase1()
-            for name, ev in sweep.evaluate(pool, p1, reference=greedy.base_profile).items():
-                state.add(ev, p1[name])
-            greedy.build_pareto_list(state)
-            accepted_greedy = greedy.search(sweep, pool, state, ok)
-            greedy_doc = {
-                "baseline": greedy.baseline.name,
-                "phase1_evaluations": len(p1),
-                "pareto_list": [{"index": i, "cost": cost_of(p), "metric": state.metric(p), "profile": p.label()}
-                                for i, p in enumerate(greedy.pareto_list)],
-                "accepted": accepted_greedy.label() if accepted_greedy else None,
-            }
-        else:
-            uniform = {f"uniform:{c.name}": Profile.uniform(greedy.groups, c) for c in candidates}
-            for name, ev in sweep.evaluate(pool, uniform).items():
-                state.add(ev, uniform[name])
-        optuna_doc: dict[str, Any] | None = None
-        if algorithm in ("optuna", "greedy+optuna"):
-            from sweeper.search.evaluate import default_storage
-            from sweeper.search.study import study_name
-
-            name = study_name(exp.name, f"amp-optuna-{objective}-{cost}",
-                              {"candidates": [c.name for c in candidates], **ws.fingerprint})
-            search = OptunaAMP(ws, candidates, cost_of, default_storage(ws), name, objective, fresh=fresh)
-            seeds = [p for p in greedy.pareto_list] or [Profile.uniform(greedy.groups, c) for c in candidates]
-            search.seed_with(seeds)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            asked = search.done_trials()
-
-            def next_profile() -> tuple[str, Profile] | None:
-                nonlocal asked
-                if asked >= trials or (deadline is not None and time.monotonic() > deadline):
-                    return None
-                asked += 1
-                return search.ask()
-
-            for ev, profile in sweep.stream(pool, next_profile, total=trials):
-                state.add(ev, profile)
-                search.tell(profile, ev.metric)
-            optuna_doc = {"study": name, "storage": default_storage(ws), "objective": objective,
-                          "completed_trials": search.done_trials()}
-        startup = getattr(pool, "startup_seconds", 0.0) - startup0
-        search_seconds = time.perf_counter() - t_start - startup
-
-        # the answer: the cheapest passing profile evaluated (greedy's pick, Optuna's, or a uniform one)
-        points = [(ev.metric if higher else -ev.metric, cost_of(p), (p, ev)) for p, ev in state.evaluated.values()]
-        passing = [(c, m, item) for m, c, item in points if ok(item[1].metric)]
-        accepted = min(passing, key=lambda t: (t[0], -t[1]))[2] if passing else None
-        front = pareto_front(points)
-        plot_doc = {
-            "experiment": exp.name, "metric": exp.metric, "fp32_metric": ws.fp32_metric, "max_drop": exp.max_drop,
-            "algorithm": algorithm, "cost": cost, "evaluations": len(state.evaluated),
-            "all": [{"cost": cost_of(p), "metric": ev.metric} for p, ev in state.evaluated.values()],
-            "greedy": greedy_doc, "pareto_front": [{"cost": c, "metric": item[1].metric} for _, c, item in front],
-            "accepted": None if accepted is None else {"cost": cost_of(accepted[0]), "metric": accepted[1].metric,
-                                                       "profile": accepted[0].label()},
-        }
-        plot = render_in_background(pool, plot_doc, "amp_pareto")  # an idle worker draws while we export
-        lat = measure_and_check(ws, sweep, state, ok, accepted, front, cost) if measure else None
-        if lat is not None:
-            accepted = lat.accepted
-        exports = lat.exports if lat is not None else {}
-        if accepted is not None and "accepted" not in exports:
-            exports.update(sweep.export_profiles({"accepted": accepted[0]}))
-        measured = lat.measured if lat is not None else {}
-        front_doc = []
-        for i, (_, c, (p, ev)) in enumerate(front):
-            n = f"front{i:02d}"
-            front_doc.append({"name": ev.name, "metric": ev.metric, "drop": ev.drop, "cost": c,
-                              "bops_ratio": ev.bops_ratio, **latency_fields(ev, measured.get(n)),
-                              "profile": p.label(),
-                              "onnx": str(out.final / exports[n][0].name) if n in exports else None})
-        timed = [f for f in front_doc if f["measured_ms_per_sample"] is not None]
-        corr = spearman([f["est_ms_per_sample"] for f in timed], [f["measured_ms_per_sample"] for f in timed])
-        accepted_doc = None
-        if accepted is not None:
-            p, ev = accepted
-            accepted_doc = {"name": ev.name, "metric": ev.metric, "drop": ev.drop, "cost": cost_of(p),
-                            "bops_ratio": ev.bops_ratio, "size_mb": ev.size_mb,
-                            **latency_fields(ev, measured.get("accepted")), "profile": p.label(),
-                            "mixed": len(set(p.to_json().values())) > 1, "assignment": p.to_json(),
-                            "onnx": str(out.final / "accepted.onnx"),
-                            "encodings": str(out.final / "accepted.encodings")}
-        uniform_passing = sorted((cost_of(p), ev.name) for p, ev in state.evaluated.values()
-                                 if ev.name.startswith("uniform:") and ok(ev.metric))
-        doc = {
-            "experiment": exp.name, "metric": exp.metric, "fp32_metric": ws.fp32_metric, "max_drop": exp.max_drop,
-            "algorithm": algorithm, "cost": cost, "candidates": [c.name for c in candidates],
-            "accepted": accepted_doc, "cheapest_passing_uniform": uniform_passing[0][1] if uniform_passing else None,
-            "evaluations": len(state.evaluated), "search_seconds": search_seconds,
-            "pool_startup_seconds": startup,
-            "pareto_front": front_doc, "latency_rank_correlation": corr,
-            "latency": latency_doc(ws, lat),
-            "greedy": greedy_doc, "optuna": optuna_doc,
-            "all": [{"name": ev.name, "metric": ev.metric, "cost": cost_of(p), "profile": p.label()}
-                    for p, ev in state.evaluated.values()],
-        }
-        write_json(out.path / "results.json", doc)
-        (out.path / "pareto.png").write_bytes(plot.result())
-        sweep.flush()  # exports and records land in the staging folder before it moves
-        final = out.commit()
-        metrics = {"fp32_metric": ws.fp32_metric, "evaluations": float(len(state.evaluated)),
-                   "search_seconds": search_seconds}
-        if accepted_doc:
-            metrics.update({"accepted_metric": accepted_doc["metric"], "accepted_cost": accepted_doc["cost"]})
-            if accepted_doc["measured_ms_per_sample"] is not None:
-                metrics["accepted_measured_ms_per_sample"] = accepted_doc["measured_ms_per_sample"]
-        if corr is not None:
-            metrics["latency_rank_correlation"] = corr
-        sweep.finish(metrics, [final / "results.json", final / "pareto.png"])
-    except BaseException:
-        out.abort()
-        raise
-    return AMPReport(doc, final)
+    """Step 3 on ``pool`` (see :class:`AMPStep`)."""
+    step = AMPStep(ws, candidates, algorithm=algorithm, cost=cost, objective=objective, trials=trials,
+                   timeout=timeout, fresh=fresh, measure=measure, workers=pool.size,
+                   startup_seconds=getattr(pool, "startup_seconds", 0.0))
+    return run_step(step, ws, pool, tracker, fresh).value
