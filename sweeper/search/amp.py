@@ -535,6 +535,7 @@ def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup:
            "evaluations": len(st.evaluated), "search_seconds": search_seconds, "pool_startup_seconds": startup,
            "pareto_front": front_doc, "latency_rank_correlation": corr, "latency": latency_doc(ws, lat),
            "greedy": reports.get("greedy"), "optuna": reports.get("optuna"),
+           "faults": ctx.pool.faults() if hasattr(ctx.pool, "faults") else None,
            "all": [{"name": ev.name, "metric": ev.metric, "cost": cost_of(p), "profile": p.label()}
                    for p, ev in st.evaluated.values()]}
     (ctx.staging / "pareto.png").write_bytes(plot.result())
