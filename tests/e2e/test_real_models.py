@@ -25,8 +25,8 @@ import pytest
 import yaml
 from onnx import numpy_helper
 
-from sweeper.quant.precision import DEFAULT_CANDIDATES
 from sweeper.examples.real import SUITE, SuiteModel
+from sweeper.quant.precision import DEFAULT_CANDIDATES
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e

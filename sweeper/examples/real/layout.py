@@ -144,7 +144,7 @@ class _Page:
         top = self.y
         x1s, x2s = [], []
         for text in texts:
-            l, t, r, b = font.getbbox(text)
+            l, t, r, b = font.getbbox(text)  # noqa: E741 - left, top, right, bottom
             x = (WIDTH - (r - l)) // 2 if centre else self.left
             self.draw.text((x - l, self.y - t), text, font=font, fill=(20, 20, 20))
             x1s.append(x)
@@ -219,7 +219,7 @@ def render_page(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             page.table()
     font = _font(12)
     text = f"- {int(rng.integers(1, 300))} -"
-    l, t, r, b = font.getbbox(text)
+    l, t, r, b = font.getbbox(text)  # noqa: E741 - left, top, right, bottom
     x, y = (WIDTH - (r - l)) // 2, HEIGHT - 40
     page.draw.text((x - l, y - t), text, font=font, fill=(20, 20, 20))
     page.boxes.append((CLASSES.index("footer"), x, y, x + r - l, y + b - t))
