@@ -16,7 +16,9 @@ from sweeper.pipeline import Workspace
 from sweeper.quant.profile import Profile
 from sweeper.sim.quantsim import QuantSim
 
-EXPERIMENTS = {"mnist": "experiments/mnist_cnn.yaml", "minilm": "experiments/minilm.yaml"}
+EXPERIMENTS = {"mnist": "experiments/mnist_cnn.yaml", "minilm": "experiments/minilm.yaml",
+               "textcls": "experiments/real_textcls.yaml", "layout": "experiments/real_layout.yaml",
+               "digits_mobilenet": "experiments/digits_mobilenet.yaml"}
 
 
 def _time(fn, reps: int) -> float:  # noqa: ANN001
