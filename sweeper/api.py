@@ -199,6 +199,18 @@ class Session:
         return run_amp(self.ws, pool, self.tracker, candidates=cands, algorithm=algorithm, cost=cost,
                        objective=objective, trials=trials, timeout=timeout, fresh=fresh, measure=measure)
 
+    def qat(self, profile: str | Precision | Profile | os.PathLike[str] = "w4a8", *, data: DataLike | None = None,
+            train: Callable[..., Any] | str | None = None, epochs: int | None = None, lr: float | None = None,
+            batch_size: int | None = None, fresh: bool = False) -> Any:
+        """Step 5: quantization-aware training of ``profile`` (a precision, a Profile, an AIMET encodings file or
+        an AMP results.json), exported as QDQ (a :class:`~sweeper.search.qat.QATReport`). ``data`` (labelled
+        training data) and ``train`` (``fn(model, data, settings)``) override the experiment's ``qat`` section."""
+        from sweeper.search.qat import QATStep
+        from sweeper.search.step import run_step
+
+        step = QATStep(self.ws, profile, data=data, train_fn=train, epochs=epochs, lr=lr, batch_size=batch_size)
+        return run_step(step, self.ws, None, self.tracker, fresh).value  # no worker pool: it trains in process
+
     def export(self, profile: str | Precision | Profile | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
         """One profile (a uniform precision, a Profile, or an AIMET encodings file) as QDQ ONNX plus
         ``.encodings`` next to it; returns the ONNX path."""

@@ -35,7 +35,7 @@ _IMPORT_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
 _TOP_KEYS = (
     "name", "model", "data", "metric", "higher_is_better", "batch_size", "target", "candidates",
     "calibration", "workers", "pool", "threads_per_worker", "reuse_memory_mb", "output", "tracking", "study",
-    "cost", "metric_output",
+    "cost", "metric_output", "qat",
 )
 _MODEL_KEYS = ("onnx", "torch")
 _DATA_KEYS = ("calibration", "evaluation")
@@ -45,6 +45,7 @@ BIAS_MODES = ("int32", "float")
 _TRACKING_KEYS = ("uri", "artifacts")
 _STUDY_KEYS = ("storage",)
 _COST_KEYS = ("target",)
+_QAT_KEYS = ("data", "train", "epochs", "lr", "batch_size")
 ARTIFACT_MODES = ("all", "accepted")
 
 
@@ -78,6 +79,18 @@ class CalibrationSpec:
 
 
 @dataclass(frozen=True)
+class QATSpec:
+    """Quantization-aware training (``sweeper qat``): labelled training data (default: the calibration data),
+    a training function ``pkg.module:fn(model, data, settings)`` (default: cross-entropy), and its settings."""
+
+    data: str | None = None
+    train: str | None = None
+    epochs: int = 4
+    lr: float = 1e-4
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     path: Path  # the experiment file, absolute
@@ -99,6 +112,7 @@ class Experiment:
     cost_target: str = "npu_generic"  # CostModel target (bundled name or YAML path) for est_latency_ms
     reuse_memory_mb: int = DEFAULT_REUSE_MB  # per worker, for prefix reuse (sweeper.sim.reuse); 0 turns it off
     metric_output: str | None = None  # the model output the built-in metrics read (default: the first)
+    qat: QATSpec = QATSpec()  # quantization-aware training settings
 
 
 # ----------------------------------------------------------------------------------------------- YAML
@@ -300,8 +314,8 @@ def _model(ctx: _Ctx, raw: Mapping[str, Any]) -> ModelSpec:
                                                    "an import path pkg.module:factory"))
 
 
-def _data_source(ctx: _Ctx, section: Mapping[str, Any], key: str) -> str:
-    field = f"data.{key}"
+def _data_source(ctx: _Ctx, section: Mapping[str, Any], key: str, prefix: str = "data") -> str:
+    field = f"{prefix}.{key}"
     expected = "a .npz file or an import path pkg.module:function"
     text = _string(ctx, _required(ctx, section, key, field, expected), field, expected)
     if text.lower().endswith(".npz"):
@@ -538,7 +552,7 @@ def load_experiment(path: str | os.PathLike[str]) -> Experiment:
         batch_size=batch_size, max_drop=max_drop, candidates=candidates, calibration=calibration,
         workers=workers, pool=pool, threads_per_worker=threads, output=output, tracking_uri=tracking_uri,
         tracking_artifacts=tracking_artifacts, study_storage=study_storage, cost_target=cost_target,
-        reuse_memory_mb=reuse_mb, metric_output=_metric_output(ctx, raw),
+        reuse_memory_mb=reuse_mb, metric_output=_metric_output(ctx, raw), qat=_qat(ctx, raw),
     )
 
 
@@ -546,3 +560,23 @@ def _metric_output(ctx: _Ctx, raw: Mapping[str, Any]) -> str | None:
     """The output the built-in metrics read; checked against the model when it is loaded."""
     value = raw.get("metric_output")
     return None if value is None else _string(ctx, value, "metric_output", "the name of a model output")
+
+
+def _qat(ctx: _Ctx, raw: Mapping[str, Any]) -> QATSpec:
+    """The ``qat`` section (data and training function as import paths or .npz files)."""
+    value = raw.get("qat")
+    if value is None:
+        return QATSpec()
+    section = _mapping(ctx, value, "qat", _QAT_KEYS)
+    data = None if section.get("data") is None else _data_source(ctx, section, "data", "qat")
+    train = None
+    if section.get("train") is not None:
+        text = _string(ctx, section["train"], "qat.train", "an import path pkg.module:function")
+        train = _import_path(ctx, text, "qat.train", "an import path pkg.module:function")
+    lr = QATSpec.lr
+    if section.get("lr") is not None:
+        lr = _number(ctx, section["lr"], "qat.lr", "a learning rate > 0")
+        if lr <= 0:
+            raise ctx.error("qat.lr", f"found {lr!r}: expected a learning rate > 0")
+    return QATSpec(data=data, train=train, epochs=_int(ctx, section, "epochs", "qat.epochs", QATSpec.epochs, 1),
+                   lr=lr, batch_size=_int(ctx, section, "batch_size", "qat.batch_size", QATSpec.batch_size, 1))

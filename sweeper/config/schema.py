@@ -70,6 +70,13 @@ def experiment_schema() -> dict[str, Any]:
                           "artifacts": {"enum": list(cfg.ARTIFACT_MODES), "default": "all"}}),
         "study": _obj({"storage": {"type": "string", "description": "Optuna storage URL"}}),
         "cost": _obj({"target": {"type": "string", "description": "npu_generic | cpu_x86 | a target YAML file"}}),
+        "qat": _obj({"data": {**DATA, "description": "labelled training data for QAT (default: the calibration data)"},
+                     "train": {"type": "string", "pattern": IMPORT_PATH,
+                               "description": "pkg.module:fn(model, data, settings) training the QAT model in place"},
+                     "epochs": {"type": "integer", "minimum": 1, "default": cfg.QATSpec.epochs},
+                     "lr": {"type": "number", "exclusiveMinimum": 0, "default": cfg.QATSpec.lr},
+                     "batch_size": {"type": "integer", "minimum": 1, "default": cfg.QATSpec.batch_size}},
+                    description="quantization-aware training (sweeper qat)"),
     }
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sweeper experiment",
             **_obj(props, ("name", "model", "data", "metric", "target"))}

@@ -164,6 +164,23 @@ def _amp_report(s: Any, rep: Any) -> str:
     return format_amp(rep.doc, s.ws.exp.metric, rep.output)
 
 
+# -- qat ----------------------------------------------------------------------------------------------
+def _qat_args(sp: argparse.ArgumentParser) -> None:
+    from sweeper.cli import _real, _whole
+
+    sp.add_argument("--profile", default="w4a8", help="starting profile: a precision (default w4a8), an AIMET "
+                                                      "encodings file, or an AMP results.json (its accepted profile)")
+    sp.add_argument("--epochs", type=_whole(1), help="training epochs (default: qat.epochs of the experiment, 4)")
+    sp.add_argument("--lr", type=_real(0, above=True), help="learning rate (default: qat.lr, 1e-4)")
+    sp.add_argument("--batch-size", type=_whole(1), help="training batch size (default: qat.batch_size, 64)")
+
+
+def _qat_report(s: Any, rep: Any) -> str:
+    from sweeper.search.qat import format_qat
+
+    return format_qat(rep.doc, s.ws.exp.metric)
+
+
 STEPS: dict[str, StepCommand] = {
     "baseline": StepCommand("baseline", "Step 1: simulate every candidate precision", lambda sp: None,
                             lambda s, a: s.baseline(fresh=a.fresh), _baseline_report),
@@ -174,6 +191,9 @@ STEPS: dict[str, StepCommand] = {
                           _litemp_args, _litemp_run, _litemp_report),
     "amp": StepCommand("amp", "Step 3: automatic mixed precision (greedy, Optuna, or both)", _amp_args, _amp_run,
                        _amp_report),
+    "qat": StepCommand("qat", "Step 5: quantization-aware training of a profile, exported as QDQ", _qat_args,
+                       lambda s, a: s.qat(a.profile, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, fresh=a.fresh),
+                       _qat_report),
 }
 
 __all__ = ["STEPS", "LazyChoices", "StepCommand", "amp_candidates", "percentages", "precision_arg"]
