@@ -5,6 +5,13 @@
   group at that candidate. Phase 2 orders the (group, candidate) pairs by sensitivity (then by cost saved),
   builds the Pareto list by lowering groups in that order, and searches it for the lowest-cost entry that
   meets ``FP32 - max_drop``, evaluating entries lazily (a parallel k-ary search: one probe per worker).
+* ``fast``: the same Pareto-list search without phase 1's groups x candidates evaluations. Pairs are ranked
+  by the quantization noise they add (NSR of the group's weights and input activations, from one FP32 run on
+  a few calibration samples: :func:`~sweeper.search.analyzer.quantization_noise`) per cost saved, each
+  group walking down its lower convex hull; full evaluations then search that list (k-ary, one probe per
+  worker and round), a few repair rounds try further moves on the answer, and the uniform candidates
+  cheaper than the answer are evaluated last. About log(groups x candidates) rounds instead of
+  groups x candidates evaluations; every answer is a full evaluation.
 * ``optuna``: one categorical parameter per group; NSGA-II on (metric, cost) or TPE on cost with the
   accuracy threshold as a constraint; seeded with the greedy Pareto points; asynchronous ask/tell over the
   worker pool; budget by trials and/or time; resumable from its storage.
@@ -24,18 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.cluster.pool import render_in_background
 from sweeper.cost.bops import profile_cost
 from sweeper.cost.measure import LatencyStats, measure_interleaved
 from sweeper.pipeline import Workspace
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
+from sweeper.replica import render_in_background
 from sweeper.search.evaluate import Evaluated, Sweep
 from sweeper.search.step import Batch, PoolNeeds, Step, StepContext, StepOutput, Stream, run_step
 from sweeper.search.study import prepared_storage
 from sweeper.tracking.tracker import Tracker
 
-ALGORITHMS = ("greedy", "optuna", "greedy+optuna")
+ALGORITHMS = ("greedy", "fast", "optuna", "greedy+optuna", "fast+optuna")
 COSTS = ("bops", "bytes", "latency")
 OBJECTIVES = ("multi", "constrained")
 
@@ -180,6 +187,149 @@ class GreedyAMP:
         return {"baseline": self.baseline.name, "phase1_evaluations": len(self.phase1()),
                 "pareto_list": [{"index": i, "cost": self.cost(p), "metric": state.metric(p), "profile": p.label()}
                                 for i, p in enumerate(self.pareto_list)],
+                "accepted": acc.label() if acc else None}
+
+
+def noise_ordered_moves(groups: list[str], candidates: list[Precision], baseline: Precision,
+                        noise: dict[tuple[str, str], float], saved: dict[tuple[str, str], float]
+                        ) -> list[tuple[str, Precision, float]]:
+    """Every group's moves from the baseline down its lower convex hull of (cost saved, noise added), merged
+    by noise added per cost saved (the greedy of a multiple-choice knapsack): ``(group, candidate, slope)``.
+    Along one group's hull the slopes only grow, so the merge keeps each group's moves in order."""
+    moves: list[tuple[float, float, int, str, Precision]] = []
+    for gi, g in enumerate(groups):
+        at_cost, at_noise = 0.0, noise[(g, baseline.name)]
+        cheaper = [c for c in candidates if c != baseline and saved[(g, c.name)] > 0]
+        while True:
+            steps = [((noise[(g, c.name)] - at_noise) / (saved[(g, c.name)] - at_cost), c) for c in cheaper
+                     if saved[(g, c.name)] > at_cost]
+            if not steps:
+                break
+            slope, c = min(steps, key=lambda t: (t[0], -saved[(g, t[1].name)], t[1].name))
+            moves.append((slope, -(saved[(g, c.name)] - at_cost), gi, g, c))
+            at_cost, at_noise = saved[(g, c.name)], noise[(g, c.name)]
+    moves.sort(key=lambda t: (t[0], t[1], t[2]))
+    return [(g, c, slope) for slope, _, _, g, c in moves]
+
+
+class FastAMP:
+    """Greedy AMP without phase 1's evaluations (see the module docstring): the Pareto list lowers groups in
+    the order of :func:`noise_ordered_moves` on :func:`~sweeper.search.analyzer.quantization_noise`; full
+    evaluations find its cheapest passing entry by a parallel k-ary search (one probe per worker and round,
+    entry 0 not assumed to pass), then ``repair_rounds`` rounds try further moves on top of the answer; the
+    uniform candidates cheaper than the answer are evaluated last (never a costlier answer than they give)."""
+
+    def __init__(self, ws: Workspace, candidates: list[Precision], cost: Callable[[Profile], float],
+                 workers: int, repair_rounds: int = 2) -> None:
+        self.ws, self.candidates, self.cost = ws, candidates, cost
+        self.groups = [g.name for g in ws.graph.groups]
+        self.baseline = max(candidates, key=lambda p: (p.bops_factor, p.is_float))
+        self.base_profile = Profile.uniform(self.groups, self.baseline)
+        self.workers = max(1, workers)
+        self.repair_rounds = repair_rounds
+        self.pareto_list: list[Profile] = []
+        self.moves: list[tuple[str, Precision, float]] = []  # the move that made entry i + 1
+        self.noise_seconds = 0.0
+        self.repairs: list[dict[str, Any]] = []
+        self._stage = "search"
+        self._repair_from = 0  # index into self.moves the next repair round starts at
+        self._answer: Profile | None = None
+
+    def build_pareto_list(self) -> list[Profile]:
+        """The noise estimate (one FP32 run) and the Pareto list it orders."""
+        from sweeper.search.analyzer import quantization_noise
+
+        t0 = time.perf_counter()
+        noise = quantization_noise(self.ws, self.candidates)
+        self.noise_seconds = time.perf_counter() - t0
+        base_cost = self.cost(self.base_profile)
+        saved = {(g, c.name): base_cost - self.cost(self.base_profile.with_groups({g: c}))
+                 for g in self.groups for c in self.candidates}
+        ordered = noise_ordered_moves(self.groups, self.candidates, self.baseline, noise, saved)
+        current, plist, moves = self.base_profile, [self.base_profile], []
+        for g, c, slope in ordered:
+            nxt = current.with_groups({g: c})
+            if self.cost(nxt) < self.cost(current):
+                current = nxt
+                plist.append(current)
+                moves.append((g, c, slope))
+        self.pareto_list, self.moves = plist, moves
+        return plist
+
+    def bounds(self, state: AMPState, ok: Callable[[float], bool]) -> tuple[int, int]:
+        """``(lo, hi)``: entry ``lo`` is the cheapest known to pass (-1: none yet), ``hi`` the first known to
+        fail after it (the list's length: none); between them the list is taken as monotone."""
+        metrics = [state.metric(p) for p in self.pareto_list]
+        lo = max((i for i, m in enumerate(metrics) if m is not None and ok(m)), default=-1)
+        hi = next((i for i in range(lo + 1, len(metrics)) if metrics[i] is not None and not ok(metrics[i])),
+                  len(metrics))
+        return lo, hi
+
+    def _search_probes(self, state: AMPState, ok: Callable[[float], bool]) -> dict[str, Profile]:
+        lo, hi = self.bounds(state, ok)
+        unknown = [i for i in range(lo + 1, hi) if state.metric(self.pareto_list[i]) is None]
+        if not unknown:
+            return {}
+        k = min(self.workers, len(unknown))
+        probes = sorted({unknown[round((j + 1) * (len(unknown) + 1) / (k + 1)) - 1] for j in range(k)})
+        return {f"fast:{i}": self.pareto_list[i] for i in probes}
+
+    def _repair_probes(self, state: AMPState, answer: Profile) -> dict[str, Profile]:
+        """The next moves of the list that make ``answer`` cheaper, one per worker, not yet evaluated."""
+        out: dict[str, Profile] = {}
+        while self._repair_from < len(self.moves) and len(out) < self.workers:
+            g, c, _ = self.moves[self._repair_from]
+            self._repair_from += 1
+            p = answer.with_groups({g: c})
+            if self.cost(p) < self.cost(answer) and state.metric(p) is None:
+                out[f"repair:{g}:{c.name}"] = p
+        return out
+
+    def _uniform_probes(self, state: AMPState, answer: Profile | None) -> dict[str, Profile]:
+        limit = math.inf if answer is None else self.cost(answer)
+        return {f"uniform:{c.name}": p for c in self.candidates
+                if state.metric(p := Profile.uniform(self.groups, c)) is None and self.cost(p) < limit}
+
+    def _answer_now(self, state: AMPState, ok: Callable[[float], bool]) -> Profile | None:
+        passing = [p for p, ev in state.evaluated.values() if ok(ev.metric)]
+        return min(passing, key=self.cost) if passing else None
+
+    def propose(self, state: AMPState, ok: Callable[[float], bool]) -> Batch | None:
+        """Search, then repair, then the uniform candidates cheaper than the answer."""
+        if not self.pareto_list:
+            self.build_pareto_list()
+        if self._stage == "search":
+            if probes := self._search_probes(state, ok):
+                return Batch(probes)
+            lo, _ = self.bounds(state, ok)
+            self._stage, self._repair_from = "repair", max(lo + 1, 0)
+        answer = self._answer_now(state, ok)
+        if self._stage == "repair":
+            if answer is not None and self.repair_rounds > 0:
+                self.repair_rounds -= 1
+                if probes := self._repair_probes(state, answer):
+                    self.repairs.append({"from": answer.label(), "tried": sorted(probes)})
+                    return Batch(probes, reference=answer)
+            self._stage = "uniform"
+        if self._stage == "uniform":
+            self._stage = "done"
+            state.seeds = [p for p, _ in state.evaluated.values()]  # what fast+optuna's Optuna starts from
+            if probes := self._uniform_probes(state, answer):
+                return Batch(probes)
+        return None
+
+    def observe(self, results: dict[str, Evaluated], profiles: dict[str, Profile]) -> None:
+        """Nothing beyond the shared state."""
+
+    def report(self, state: AMPState, ok: Callable[[float], bool]) -> dict[str, Any]:
+        lo, hi = self.bounds(state, ok)
+        acc = self._answer_now(state, ok)
+        return {"baseline": self.baseline.name, "ranking": "quantization noise per cost saved",
+                "noise_seconds": self.noise_seconds, "full_evaluations": len(state.evaluated),
+                "list_length": len(self.pareto_list), "cheapest_passing_index": lo, "first_failing_index": hi,
+                "repairs": self.repairs,
+                "pareto_list": [{"index": i, "cost": self.cost(p), "metric": state.metric(p), "profile": p.label()}
+                                for i, p in enumerate(self.pareto_list) if state.metric(p) is not None],
                 "accepted": acc.label() if acc else None}
 
 
@@ -437,7 +587,8 @@ class AMPStep(Step):
         self.cost = cost_function(ws, cost)
         self.state = AMPState()
         self.greedy = GreedyAMP(ws, candidates, self.cost, workers)
-        make = {"greedy": lambda: self.greedy, "uniform": lambda: UniformSearch(self.greedy.groups, candidates),
+        make = {"greedy": lambda: self.greedy, "fast": lambda: FastAMP(ws, candidates, self.cost, workers),
+                "uniform": lambda: UniformSearch(self.greedy.groups, candidates),
                 "optuna": lambda: OptunaSearch(ws, candidates, self.cost, cost, objective, trials, timeout, fresh)}
         self.searches = {kind: make[kind]() for kind in SEARCHES[algorithm]}
         self._order = list(self.searches.values())
@@ -477,7 +628,8 @@ class AMPStep(Step):
         return _amp_result(self, ctx, search_seconds, startup)
 
 
-SEARCHES = {"greedy": ("greedy",), "optuna": ("uniform", "optuna"), "greedy+optuna": ("greedy", "optuna")}
+SEARCHES = {"greedy": ("greedy",), "fast": ("fast",), "optuna": ("uniform", "optuna"),
+            "greedy+optuna": ("greedy", "optuna"), "fast+optuna": ("fast", "optuna")}
 
 
 def _plot_doc(step: AMPStep, front: list[Any], accepted: tuple[Profile, Evaluated] | None,
@@ -534,7 +686,7 @@ def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup:
            "cheapest_passing_uniform": uniform_passing[0][1] if uniform_passing else None,
            "evaluations": len(st.evaluated), "search_seconds": search_seconds, "pool_startup_seconds": startup,
            "pareto_front": front_doc, "latency_rank_correlation": corr, "latency": latency_doc(ws, lat),
-           "greedy": reports.get("greedy"), "optuna": reports.get("optuna"),
+           "greedy": reports.get("greedy"), "fast": reports.get("fast"), "optuna": reports.get("optuna"),
            "faults": ctx.pool.faults() if hasattr(ctx.pool, "faults") else None,
            "all": [{"name": ev.name, "metric": ev.metric, "cost": cost_of(p), "profile": p.label()}
                    for p, ev in st.evaluated.values()]}

@@ -3,6 +3,10 @@
 At a base precision: FP32 vs weights-only vs activations-only quantized; per quantizer group the metric
 with only that group quantized (enable-one) and with all but that group quantized (disable-one); the
 output SQNR of each group's layer vs FP32 on a calibration batch; weight and activation ranges.
+
+:func:`quantization_noise` is the cheap estimate AMP's ``fast`` search ranks (group, precision) pairs by: the
+noise-to-signal ratio each group's own quantizers add (its weights, and its input activations on a few
+calibration samples), from one FP32 run and NumPy, without simulating any profile.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from sweeper.eval.target import Target
+from sweeper.model.session import ort_session
 from sweeper.pipeline import Workspace
 from sweeper.quant.precision import FP32, Precision
 from sweeper.quant.profile import Profile
@@ -23,6 +29,127 @@ from sweeper.sim.quantsim import probe_tensor
 from sweeper.tracking.tracker import Tracker
 
 RANKINGS = ("enable_one", "disable_one", "sqnr")
+NOISE_SAMPLES = 8  # calibration samples (batched data) the activation noise is measured on
+NOISE_ELEMENTS = 1 << 14  # values drawn from each activation (with replacement): NSR within a few percent
+
+
+def fp32_activations(ws: Workspace, tensors: list[str], samples: int = NOISE_SAMPLES) -> dict[str, np.ndarray]:
+    """``tensors`` of the FP32 model on the first ``samples`` calibration samples (the first feed of
+    feeds-layout data), from one run with them exposed as outputs."""
+    feeds = ws.cal_set.first(ws.graph.input_names, samples)
+    aug = onnx.ModelProto()
+    aug.CopyFrom(ws.prepared)
+    present = {o.name for o in aug.graph.output} | set(feeds)
+    for t in dict.fromkeys(tensors):
+        if t not in present:
+            aug.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+    sess = ort_session(aug, ws.threads)
+    names = [o.name for o in sess.get_outputs()]
+    values = dict(zip(names, sess.run(names, feeds), strict=True))
+    values.update(feeds)
+    return {t: np.asarray(values[t]) for t in tensors if t in values}
+
+
+def _nsr(x: np.ndarray, y: np.ndarray) -> float:
+    """Noise-to-signal power ratio of ``y`` as an approximation of ``x``."""
+    x64 = x.astype(np.float64)
+    noise = float(np.sum((x64 - y.astype(np.float64)) ** 2))
+    return noise / max(float(np.sum(x64 ** 2)), 1e-30)
+
+
+def _draw(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """At most ``NOISE_ELEMENTS`` values of ``x`` drawn uniformly (all of them when it is smaller): the NSR of
+    a per-tensor quantizer is a mean over values, which a sample this size estimates closely."""
+    flat = np.asarray(x, np.float32).reshape(-1)
+    return flat if flat.size <= NOISE_ELEMENTS else flat[rng.integers(0, flat.size, NOISE_ELEMENTS)]
+
+
+def _channel_power(x: np.ndarray, axis: int) -> np.ndarray:
+    """Mean square of ``x`` per index along ``axis``."""
+    moved = np.moveaxis(np.asarray(x, np.float32), axis, 0)
+    flat = moved.reshape(moved.shape[0], -1)
+    return np.einsum("ij,ij->i", flat, flat, dtype=np.float64) / max(1, flat.shape[1])
+
+
+def input_power_map(ws: Workspace, weight: str, acts: dict[str, np.ndarray]) -> np.ndarray | None:
+    """For each element of ``weight``, the mean square of the input value it multiplies (broadcastable to
+    the weight; from its first user's FP32 input in ``acts``), or None for a layout not known here. A weight
+    error matters in proportion to the input it meets: zero inputs make any error on their weights harmless."""
+    graph = ws.graph
+    node = graph.node_by_name[graph.weight_quantizers[weight].op]
+    w = graph.weight_array(weight)
+    pos = list(node.input).index(weight)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    x = acts.get(node.input[1 - pos] if node.op_type == "MatMul" else node.input[0])
+    if x is None or x.ndim < 2 or pos > 1:
+        return None
+    if node.op_type == "Conv" and pos == 1 and x.ndim == w.ndim:
+        p, out, ipg = _channel_power(x, 1), w.shape[0], w.shape[1]
+        opg = max(1, out // int(attrs.get("group", 1)))
+        idx = (np.arange(out)[:, None] // opg) * ipg + np.arange(ipg)[None, :]
+        return None if idx.max() >= p.size else p[idx].reshape(out, ipg, *([1] * (w.ndim - 2)))
+    if node.op_type == "ConvTranspose" and pos == 1 and x.ndim == w.ndim:
+        p = _channel_power(x, 1)
+        return p.reshape(-1, *([1] * (w.ndim - 1))) if p.size == w.shape[0] else None
+    if w.ndim != 2:
+        return None
+    if node.op_type == "Gemm" and pos == 1:
+        p = _channel_power(x, 0 if attrs.get("transA", 0) else -1)
+        pmap = p[None, :] if attrs.get("transB", 0) else p[:, None]
+    elif node.op_type == "MatMul":
+        pmap = _channel_power(x, -1)[:, None] if pos == 1 else _channel_power(x, -2)[None, :]
+    else:
+        return None
+    return pmap if all(a in (1, b) for a, b in zip(pmap.shape, w.shape, strict=True)) else None
+
+
+def _weighted_nsr(w: np.ndarray, wq: np.ndarray, power: np.ndarray | None) -> float:
+    """NSR of the layer's output the weight error makes, for inputs of the given power per element
+    (uncorrelated inputs); the plain weight NSR without one."""
+    if power is None:
+        return _nsr(w, wq)
+    w64 = w.astype(np.float64)
+    signal = float(np.sum(w64 ** 2 * power))
+    return float(np.sum((w64 - wq) ** 2 * power)) / signal if signal > 0 else _nsr(w, wq)
+
+
+def quantization_noise(ws: Workspace, precisions: list[Precision], samples: int = NOISE_SAMPLES
+                       ) -> dict[tuple[str, str], float]:
+    """``(group, precision name) -> NSR`` the group's own quantizers add at that precision: over its input
+    activations ||x - fake_quant(x)||^2 / ||x||^2 (on ``samples`` calibration samples), plus over its
+    weights the output NSR their error makes given the power of the inputs they multiply. Noise-to-signal
+    ratios of independent quantizers roughly add up along a network, so the sum ranks pairs by the damage
+    they do at the cost of one FP32 run, instead of one simulated evaluation each."""
+    table, graph = ws.table, ws.graph
+    users = {w: graph.node_by_name[q.op] for w, q in graph.weight_quantizers.items()}
+    wanted = [t for g in graph.groups for t in g.activations if graph.is_float(t)]
+    wanted += [i for n in users.values() for i in n.input if i and i not in graph.weight_quantizers]
+    full = fp32_activations(ws, list(dict.fromkeys(wanted)), samples)
+    power = {w: input_power_map(ws, w, full) for g in graph.groups for w in g.weights}
+    rng = np.random.default_rng(0)
+    acts = {t: _draw(full[t], rng) for g in graph.groups for t in g.activations if t in full}
+    del full
+    cache: dict[tuple[str, str], float] = {}
+
+    def act_noise(t: str, prec: Precision) -> float:
+        enc, x = table.act_encoding(t, prec), acts.get(t)
+        if enc is None or x is None or x.size == 0:
+            return 0.0
+        key = (t, "fp16" if enc.dtype == "float" else f"a{prec.act_bits}w{prec.weight_bits}")
+        if key not in cache:
+            cache[key] = _nsr(x, enc.fake_quantize(x))
+        return cache[key]
+
+    def weight_noise(w: str, prec: Precision) -> float:
+        if table.weight_encoding(w, prec) is None:
+            return 0.0
+        key = (w, prec.name if prec.is_fp16 else f"w{prec.weight_bits}")
+        if key not in cache:
+            cache[key] = _weighted_nsr(graph.weight_array(w), table.weight_value(w, prec), power[w])
+        return cache[key]
+
+    return {(g.name, p.name): sum(act_noise(t, p) for t in g.activations) + sum(weight_noise(w, p) for w in g.weights)
+            for g in graph.groups for p in precisions}
 
 
 def analysis_precisions(base: Precision) -> tuple[str, ...]:

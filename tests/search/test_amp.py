@@ -95,3 +95,59 @@ def test_prefix_reuse_changes_no_metric_and_does_the_work(tmp_path: Path) -> Non
     assert plain == reused and len(plain) == docs[0]["evaluations"] >= 8
     assert stats[0] is None and stats[1]["suffix_batches"] > 0
     assert docs[1]["accepted"]["measured_latency_ms"] > 0  # measured by the worker
+
+
+def test_noise_ordered_moves_walk_each_group_down_its_convex_hull() -> None:
+    from sweeper.search.amp import noise_ordered_moves
+
+    cands = [Precision.parse(c) for c in ("fp16", "w8a16", "w8a8", "w4a8")]
+    fp16 = cands[0]
+    # group a: w8a16 is dominated (more noise per cost saved than going straight to w8a8); group b: cheap noise
+    noise = {("a", "fp16"): 0.0, ("a", "w8a16"): 5.0, ("a", "w8a8"): 6.0, ("a", "w4a8"): 100.0,
+             ("b", "fp16"): 0.0, ("b", "w8a16"): 0.1, ("b", "w8a8"): 0.3, ("b", "w4a8"): 1.0}
+    saved = {(g, c): s for g in "ab" for c, s in (("fp16", 0.0), ("w8a16", 2.0), ("w8a8", 3.0), ("w4a8", 3.5))}
+    moves = noise_ordered_moves(["a", "b"], cands, fp16, noise, saved)
+    # b: 0.1/2, then 0.2/1, then 0.7/0.5; a skips w8a16 (6/3 < 5/2), then 94/0.5
+    assert [(g, c.name) for g, c, _ in moves] == [("b", "w8a16"), ("b", "w8a8"), ("b", "w4a8"), ("a", "w8a8"),
+                                                   ("a", "w4a8")]
+    slopes = [s for _, _, s in moves]
+    assert slopes == sorted(slopes)
+
+
+def test_quantization_noise_ranks_the_fragile_layer_first(tmp_path: Path) -> None:
+    """fc2's 4-bit weights lose the signal (one huge weight per row sets the scale): the estimate must say so
+    without simulating anything, and more bits must mean less noise."""
+    from sweeper.search.analyzer import quantization_noise
+
+    ws = _ws(tmp_path)
+    noise = quantization_noise(ws, list(ws.exp.candidates))
+    fc2 = next(g.name for g in ws.graph.groups if "fc2" in g.ops)
+    others = [g.name for g in ws.graph.groups if g.name != fc2]
+    # the plain weight NSR would hide it (the huge weights dominate the weight power but meet zero inputs)
+    assert all(noise[(fc2, "w8a8")] > 100 * noise[(g, "w8a8")] for g in others)
+    assert noise[(fc2, "w4a8")] > 0.5
+    for g in ws.graph.groups:
+        assert noise[(g.name, "fp16")] <= noise[(g.name, "w8a8")] <= noise[(g.name, "w4a8")] + 1e-12
+    ws.close()
+
+
+def test_fast_amp_finds_the_mix_in_few_evaluations(tmp_path: Path) -> None:
+    ws = _ws(tmp_path)
+    pool = ws.pool()
+    try:
+        d = run_amp(ws, pool, None, candidates=list(ws.exp.candidates), algorithm="fast", measure=False).doc
+    finally:
+        pool.close()
+    acc, f = d["accepted"], d["fast"]
+    assert acc is not None and acc["drop"] <= ws.exp.max_drop and acc["mixed"]
+    fc2 = next(g.name for g in ws.graph.groups if "fc2" in g.ops)
+    assert acc["assignment"][fc2] == "fp16"
+    groups = [g.name for g in ws.graph.groups]
+    uniform_fp16 = profile_cost(ws.graph, Profile.uniform(groups, Precision.parse("fp16"))).bops_ratio
+    assert acc["cost"] < uniform_fp16
+    assert f["full_evaluations"] == d["evaluations"] < 3 + 2 * len(groups)  # fewer than greedy's phase 1
+    # every list entry evaluated on the way agrees with the target where the search says it does
+    lo, hi = f["cheapest_passing_index"], f["first_failing_index"]
+    by_index = {e["index"]: e["metric"] for e in f["pareto_list"]}
+    assert ws.meets(by_index[lo]) and (hi not in by_index or not ws.meets(by_index[hi]))
+    ws.close()
