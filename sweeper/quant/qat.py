@@ -62,15 +62,20 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class FakeQuant(torch.nn.Module):
-    """An integer quantizer with a learned scale (and zero point, when asymmetric), started from ``enc``."""
+    """An integer quantizer with a learned scale (and zero point, when asymmetric), started from ``enc``.
+
+    The scale is learned in log space, ``scale = initial scale x exp(log_gain)``: a step changes it by a
+    fraction, whatever its size (a 16-bit activation's scale is 256 times an 8-bit one's), it stays positive,
+    and at the start it is the initial scale exactly (so the untrained model equals the QuantSim)."""
 
     def __init__(self, enc: Encoding, ndim: int | None = None) -> None:
         super().__init__()
         self.bits, self.symmetric, self.axis = enc.bitwidth, enc.symmetric, enc.axis
         self.qmin, self.qmax = enc.qmin, enc.qmax
         self.ndim = ndim
-        self.scale = torch.nn.Parameter(torch.tensor(np.asarray(enc.scale, np.float32).ravel()))
-        zp = torch.tensor(np.asarray(enc.zero_point, np.float32).ravel())
+        self.register_buffer("initial_scale", torch.tensor(np.asarray(enc.scale, np.float32).ravel()))
+        self.log_gain = torch.nn.Parameter(torch.zeros_like(self.initial_scale))
+        zp = torch.tensor(np.asarray(enc.zero_point, np.float32).ravel().copy())
         self.zero_point = torch.nn.Parameter(zp, requires_grad=not enc.symmetric)
 
     def _shaped(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +86,7 @@ class FakeQuant(torch.nn.Module):
         return v.reshape(shape)
 
     def effective_scale(self) -> torch.Tensor:
-        return self.scale.clamp_min(1e-10)
+        return self.initial_scale * torch.exp(self.log_gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self._shaped(self.effective_scale(), x)
@@ -242,7 +247,7 @@ def default_train(model: QATModel, data: Dataset, settings: QATSettings, output_
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total, count = total + float(loss) * len(labels), count + len(labels)
+            total, count = total + float(loss.detach()) * len(labels), count + len(labels)
         losses.append(total / max(count, 1))
     model.eval()
     return losses

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import cnn_data, cnn_model
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import cnn_data, cnn_model
 from sweeper.errors import SweeperError
 from sweeper.model.graph import ModelGraph
 from sweeper.model.session import ort_session
@@ -113,9 +113,9 @@ def test_straight_through_gradients_reach_weights_scales_and_offsets(build_sim) 
     out = qat(torch.from_numpy(data["x"]))
     out.square().mean().backward()
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in qat.net.params)
-    assert all(float(q.scale.grad.abs().sum()) > 0 for q in qat.weight_q)
-    assert all(q.scale.grad is not None for q in qat.act_q)
-    assert sum(float(q.scale.grad.abs().sum()) > 0 for q in qat.act_q) >= len(qat.act_q) - 1
+    assert all(float(q.log_gain.grad.abs().sum()) > 0 for q in qat.weight_q)
+    assert all(q.log_gain.grad is not None for q in qat.act_q)
+    assert sum(float(q.log_gain.grad.abs().sum()) > 0 for q in qat.act_q) >= len(qat.act_q) - 1
     asym = [q for q in qat.act_q if not q.symmetric]
     assert asym and any(q.zero_point.grad is not None and float(q.zero_point.grad.abs().sum()) > 0 for q in asym)
     assert all(not q.zero_point.requires_grad for q in qat.weight_q)  # symmetric weights: fixed zero point
@@ -130,7 +130,7 @@ def test_learned_encodings_round_trip_into_a_quantsim(build_sim) -> None:  # noq
         for k, p in enumerate(qat.net.params):
             p.mul_(1.0 + 0.05 * (k + 1))
         for q in [*qat.act_q, *qat.weight_q]:
-            q.scale.mul_(1.3)
+            q.log_gain.add_(float(np.log(1.3)))
         for q in qat.act_q:
             if not q.symmetric:
                 q.zero_point.add_(3.0)

@@ -76,3 +76,50 @@ def test_qat_cli_improves_w2a8_and_exports_what_it_simulated(tmp_path: Path) -> 
     assert doc["export_max_abs_diff"] == 0.0
     optimized, pred_opt = _top1(doc["onnx"], ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     assert np.mean(pred == pred_opt) >= 0.99
+
+
+def test_qat_api_keeps_a_mixed_profile_and_calls_the_user_training(tmp_path: Path) -> None:
+    """An AMP results.json as the starting profile: every group trains at its own precision (fp32 groups stay
+    float), the user's training function is what trains, and the exported encodings carry the mix."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import torch
+    from conftest import cnn_data, cnn_model, write_experiment
+
+    import sweeper
+    from sweeper.quant.precision import Precision
+
+    data = cnn_data(64)
+    exp = write_experiment(tmp_path, cnn_model(), data, metric="cosine", candidates="[w8a8, w4a8]")
+    calls: list[tuple[int, float]] = []
+
+    def fit(model: torch.nn.Module, train_data: dict, settings: object) -> None:
+        """Distil the FP32 outputs into the quantized model (a few Adam steps)."""
+        x = torch.from_numpy(train_data["x"])
+        target = torch.from_numpy(train_data["y"])
+        opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        for _ in range(settings.epochs):
+            loss = torch.nn.functional.mse_loss(model(x), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            calls.append((len(model.input_names), float(loss.detach())))
+
+    with sweeper.Session(exp, tracking=False, pool="local") as s:
+        names = [g.name for g in s.ws.graph.groups]
+        cycle = ["w4a8", "fp16", "w8a16", "fp32"]
+        assignment = {n: cycle[i % len(cycle)] for i, n in enumerate(names)}
+        (tmp_path / "amp.json").write_text(json.dumps({"accepted": {"assignment": assignment}}))
+        train_data = {"x": data["x"], "y": s.ws.fp32_run({"x": data["x"]})[0]}
+        rep = s.qat(str(tmp_path / "amp.json"), data=train_data, train=fit, epochs=5, lr=1e-3)
+    doc = rep.doc
+    assert len(calls) == 5 and calls[-1][1] < calls[0][1]  # the user's function trained it
+    assert doc["assignment"] == assignment and doc["train"] == "fit"
+    enc = json.loads(Path(doc["encodings"]).read_text())
+    groups = {w: g.name for g in s.ws.graph.groups for w in g.weights}
+    bits = {e["name"]: (e["dtype"], e["bw"]) for e in enc["param_encodings"]}
+    for w, g in groups.items():
+        p = Precision.parse(assignment[g])
+        want = None if p.is_fp32 else ("FLOAT", 16) if p.is_fp16 else ("INT", p.weight_bits)
+        assert bits.get(w) == want, w
+    assert doc["export_max_abs_diff"] < 1e-4 and doc["export_top1_agreement"] >= 0.9
+    assert np.isfinite(doc["metric_before"]) and np.isfinite(doc["metric_after"])
