@@ -128,8 +128,15 @@ class QATStep(Step):
 
     def __init__(self, ws: Workspace, profile: ProfileLike, *, data: Any = None, train_fn: Any = None,
                  epochs: int | None = None, lr: float | None = None, batch_size: int | None = None) -> None:
-        from sweeper.quant.qat import QATSettings
-
+        try:
+            from sweeper.quant.qat import QATSettings
+            from sweeper.torchsim import OPS, unsupported_ops
+        except ImportError:
+            raise SweeperError("qat", "quantization-aware training needs PyTorch: pip install torch (CPU)") from None
+        bad = unsupported_ops(ws.prepared)
+        if bad:  # before anything is evaluated
+            raise SweeperError("model", f"quantization-aware training does not support the op(s) {', '.join(bad)} "
+                                        f"(supported: {', '.join(sorted(OPS))})")
         self.ws = ws
         spec = ws.exp.qat
         self.settings = QATSettings(**{k: v for k, v in (("epochs", epochs if epochs is not None else spec.epochs),

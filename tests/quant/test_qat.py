@@ -153,3 +153,17 @@ def test_learned_encodings_round_trip_into_a_quantsim(build_sim) -> None:  # noq
     out = run_torch(qat, qat.input_names)(data)[0]
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
     del g2
+
+
+def test_qat_step_refuses_an_unsupported_model_up_front(tmp_path) -> None:  # noqa: ANN001
+    from conftest import write_experiment
+
+    import sweeper
+    from sweeper.search.qat import QATStep
+
+    model = cnn_model()
+    model.graph.node[-1].CopyFrom(helper.make_node("Einsum", ["f", "w3"], ["y"], equation="nk,ok->no", name="fc"))
+    exp = write_experiment(tmp_path, model, cnn_data(16), candidates="[w8a8]")
+    with sweeper.Session(exp, tracking=False, pool="local") as s, pytest.raises(SweeperError, match="Einsum"):
+        QATStep(s.ws, "w4a8")
+    assert not (tmp_path / "out" / "qat").exists()
