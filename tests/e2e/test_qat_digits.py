@@ -106,7 +106,7 @@ def test_qat_api_keeps_a_mixed_profile_and_calls_the_user_training(tmp_path: Pat
 
     with sweeper.Session(exp, tracking=False, pool="local") as s:
         names = [g.name for g in s.ws.graph.groups]
-        cycle = ["w4a8", "fp16", "w8a16", "fp32"]
+        cycle = ["w8a16", "fp32", "w4a8"]  # three groups
         assignment = {n: cycle[i % len(cycle)] for i, n in enumerate(names)}
         (tmp_path / "amp.json").write_text(json.dumps({"accepted": {"assignment": assignment}}))
         train_data = {"x": data["x"], "y": s.ws.fp32_run({"x": data["x"]})[0]}
