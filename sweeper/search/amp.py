@@ -190,6 +190,11 @@ class GreedyAMP:
                 "accepted": acc.label() if acc else None}
 
 
+def at_least(p: Precision, q: Precision) -> bool:
+    """Whether ``p`` is at least as precise as ``q`` on both sides (float16 counts as 16 bits, FP32 as 32)."""
+    return p.weight_bits >= q.weight_bits and p.act_bits >= q.act_bits and (p.is_float or not q.is_float)
+
+
 def noise_ordered_moves(groups: list[str], candidates: list[Precision], baseline: Precision,
                         noise: dict[tuple[str, str], float], saved: dict[tuple[str, str], float]
                         ) -> list[tuple[str, Precision, float]]:
@@ -220,7 +225,7 @@ class FastAMP:
     uniform candidates cheaper than the answer are evaluated last (never a costlier answer than they give)."""
 
     def __init__(self, ws: Workspace, candidates: list[Precision], cost: Callable[[Profile], float],
-                 workers: int, repair_rounds: int = 2) -> None:
+                 workers: int, repair_rounds: int = 1) -> None:
         self.ws, self.candidates, self.cost = ws, candidates, cost
         self.groups = [g.name for g in ws.graph.groups]
         self.baseline = max(candidates, key=lambda p: (p.bops_factor, p.is_float))
@@ -231,6 +236,7 @@ class FastAMP:
         self.moves: list[tuple[str, Precision, float]] = []  # the move that made entry i + 1
         self.noise_seconds = 0.0
         self.repairs: list[dict[str, Any]] = []
+        self.skipped_uniform: list[str] = []  # uniform candidates a failing profile showed to fail
         self._stage = "search"
         self._repair_from = 0  # index into self.moves the next repair round starts at
         self._answer: Profile | None = None
@@ -285,10 +291,22 @@ class FastAMP:
                 out[f"repair:{g}:{c.name}"] = p
         return out
 
-    def _uniform_probes(self, state: AMPState, answer: Profile | None) -> dict[str, Profile]:
+    def _uniform_probes(self, state: AMPState, ok: Callable[[float], bool], answer: Profile | None
+                        ) -> dict[str, Profile]:
+        """Uniform candidates cheaper than the answer, not evaluated yet, unless a failing profile gives every
+        group at least its precision (then it fails too, by the monotony the list search already assumes)."""
         limit = math.inf if answer is None else self.cost(answer)
-        return {f"uniform:{c.name}": p for c in self.candidates
-                if state.metric(p := Profile.uniform(self.groups, c)) is None and self.cost(p) < limit}
+        failing = [p for p, ev in state.evaluated.values() if not ok(ev.metric)]
+        out: dict[str, Profile] = {}
+        for c in self.candidates:
+            p = Profile.uniform(self.groups, c)
+            if state.metric(p) is not None or self.cost(p) >= limit:
+                continue
+            if any(all(at_least(f[g], c) for g in self.groups) for f in failing):
+                self.skipped_uniform.append(c.name)
+                continue
+            out[f"uniform:{c.name}"] = p
+        return out
 
     def _answer_now(self, state: AMPState, ok: Callable[[float], bool]) -> Profile | None:
         passing = [p for p, ev in state.evaluated.values() if ok(ev.metric)]
@@ -314,7 +332,7 @@ class FastAMP:
         if self._stage == "uniform":
             self._stage = "done"
             state.seeds = [p for p, _ in state.evaluated.values()]  # what fast+optuna's Optuna starts from
-            if probes := self._uniform_probes(state, answer):
+            if probes := self._uniform_probes(state, ok, answer):
                 return Batch(probes)
         return None
 
@@ -327,7 +345,7 @@ class FastAMP:
         return {"baseline": self.baseline.name, "ranking": "quantization noise per cost saved",
                 "noise_seconds": self.noise_seconds, "full_evaluations": len(state.evaluated),
                 "list_length": len(self.pareto_list), "cheapest_passing_index": lo, "first_failing_index": hi,
-                "repairs": self.repairs,
+                "repairs": self.repairs, "uniform_skipped_as_failing": self.skipped_uniform,
                 "pareto_list": [{"index": i, "cost": self.cost(p), "metric": state.metric(p), "profile": p.label()}
                                 for i, p in enumerate(self.pareto_list) if state.metric(p) is not None],
                 "accepted": acc.label() if acc else None}

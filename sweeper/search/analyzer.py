@@ -28,7 +28,9 @@ from sweeper.search.step import Batch, PoolNeeds, Step, StepContext, StepOutput,
 from sweeper.sim.quantsim import probe_tensor
 from sweeper.tracking.tracker import Tracker
 
-RANKINGS = ("enable_one", "disable_one", "sqnr")
+RANKINGS = ("enable_one", "disable_one", "sqnr", "noise")
+# "noise": the quantization-noise estimate alone, without the 2 x groups evaluations and the groups SQNR probes
+# (3 evaluations in all, for models with hundreds of groups); every ranking reports the estimate
 NOISE_SAMPLES = 8  # calibration samples (batched data) the activation noise is measured on
 NOISE_ELEMENTS = 1 << 14  # values drawn from each activation (with replacement): NSR within a few percent
 
@@ -178,6 +180,8 @@ def rank_groups(groups: list[dict[str, Any]], ranking: str, higher_is_better: bo
         key = lambda g: -sign * g["disable_one"]  # noqa: E731
     elif ranking == "sqnr":
         key = lambda g: g["sqnr_db"] if g["sqnr_db"] is not None else np.inf  # noqa: E731
+    elif ranking == "noise":  # the more noise the group's own quantizers add, the more sensitive
+        key = lambda g: -g["noise_nsr"]  # noqa: E731
     else:
         raise ValueError(f"unknown ranking {ranking!r}: expected one of {', '.join(RANKINGS)}")
     ordered = sorted(groups, key=lambda g: (key(g), g["name"]))
@@ -214,8 +218,13 @@ class AnalysisReport:
     output: Path
 
 
-def _group_doc(ws: Workspace, g: Any, results: dict[str, Evaluated], sqnr: dict[str, float]) -> dict[str, Any]:
-    """One group's entry of sensitivity.json: its metrics, SQNR and weight/activation ranges."""
+def _group_doc(ws: Workspace, g: Any, results: dict[str, Evaluated], sqnr: dict[str, float],
+               noise: dict[tuple[str, str], float], base: Precision) -> dict[str, Any]:
+    """One group's entry of sensitivity.json: its metrics (None where not evaluated), SQNR, the noise its
+    quantizers add at the base precision, and weight/activation ranges."""
+    def metric(name: str) -> float | None:
+        return results[name].metric if name in results else None
+
     def act(a: str) -> dict[str, Any]:
         st = ws.stats.tensors[a]
         return {"name": a, "min": float(st.min) if st.count else 0.0, "max": float(st.max) if st.count else 0.0,
@@ -224,8 +233,8 @@ def _group_doc(ws: Workspace, g: Any, results: dict[str, Evaluated], sqnr: dict[
                 "hist": _hist(ws, a) if ws.exp.calibration.scheme != "minmax" else None}
 
     return {"name": g.name, "ops": g.ops, "macs": g.macs, "probe": probe_tensor(ws.graph, g.name),
-            "enable_one": results[f"enable:{g.name}"].metric, "disable_one": results[f"disable:{g.name}"].metric,
-            "sqnr_db": sqnr.get(g.name),
+            "enable_one": metric(f"enable:{g.name}"), "disable_one": metric(f"disable:{g.name}"),
+            "sqnr_db": sqnr.get(g.name), "noise_nsr": noise[(g.name, base.name)],
             "weights": [{"name": w, "min": float(ws.graph.weight_array(w).min()),
                          "max": float(ws.graph.weight_array(w).max())} for w in g.weights],
             "activations": [act(a) for a in g.activations]}
@@ -246,16 +255,18 @@ class AnalyzeStep(Step):
         self.ws, self.base, self.ranking = ws, base, ranking
         self.profiles = analysis_profiles(ws, base)
         order = [g.name for g in ws.graph.groups]
-        enable = {f"enable:{g}": self.profiles[f"enable:{g}"] for g in reversed(order)}  # latest first:
-        rest = {k: p for k, p in self.profiles.items() if k not in enable}  # it stores the most cuts on its way
-        self.plan = [Batch(rest, self.profiles["base"]), Batch(enable, Profile.uniform(order, FP32))]
+        if ranking == "noise":  # the summary's three profiles only
+            self.profiles = {k: p for k, p in self.profiles.items() if ":" not in k}
+        enable = {f"enable:{g}": self.profiles[f"enable:{g}"] for g in reversed(order) if f"enable:{g}" in self.profiles}
+        rest = {k: p for k, p in self.profiles.items() if k not in enable}  # latest first: it stores the most cuts
+        self.plan = [Batch(rest, self.profiles["base"])] + ([Batch(enable, Profile.uniform(order, FP32))] if enable else [])
         self.results: dict[str, Evaluated] = {}
 
     def params(self) -> dict[str, Any]:
         return {"base": self.base.name, "ranking": self.ranking}
 
     def pool_needs(self) -> PoolNeeds:
-        return PoolNeeds(analysis_precisions(self.base), probes=True, reuse=True)
+        return PoolNeeds(analysis_precisions(self.base), probes=self.ranking != "noise", reuse=True)
 
     def propose(self) -> Batch | None:
         return self.plan.pop(0) if self.plan else None
@@ -268,9 +279,11 @@ class AnalyzeStep(Step):
 
         ws, exp, pool, results = self.ws, self.ws.exp, ctx.pool, self.results
         names = [g.name for g in ws.graph.groups]
-        calls = [(self.profiles[f"enable:{g}"].to_json(), probe_tensor(ws.graph, g)) for g in names]
-        sqnr = {names[i]: float(v) for i, v in pool.map_calls("layer_sqnr", calls)}
-        groups = [_group_doc(ws, g, results, sqnr) for g in ws.graph.groups]
+        calls = [(self.profiles[f"enable:{g}"].to_json(), probe_tensor(ws.graph, g)) for g in names
+                 if self.ranking != "noise"]
+        sqnr = {names[i]: float(v) for i, v in pool.map_calls("layer_sqnr", calls)} if calls else {}
+        noise = quantization_noise(ws, [self.base])
+        groups = [_group_doc(ws, g, results, sqnr, noise, self.base) for g in ws.graph.groups]
         summary = {"fp32": ws.fp32_metric, **{k: results[k].metric for k in ("weights_only", "activations_only", "base")}}
         doc = {
             "experiment": exp.name, "metric": exp.metric, "higher_is_better": exp.higher_is_better,
@@ -300,11 +313,17 @@ def format_analysis(doc: dict[str, Any], top: int = 15) -> str:
     s = doc["summary"]
     lines = [f"fp32 {s['fp32']:.4f} | weights-only {s['weights_only']:.4f} | activations-only "
              f"{s['activations_only']:.4f} | all at {doc['base']} {s['base']:.4f}", doc["interpretation"], "",
-             f"{'rank':>4}  {'group':<48} {'enable-one':>10} {'disable-one':>11} {'SQNR dB':>8}"]
+             f"{'rank':>4}  {'group':<48} {'enable-one':>10} {'disable-one':>11} {'SQNR dB':>8} {'noise dB':>8}"]
+
+    def num(v: float | None, width: int, fmt: str) -> str:
+        return f"{v:>{width}{fmt}}" if v is not None else f"{'-':>{width}}"
+
     for g in doc["groups"][:top]:
         name = g["name"] if len(g["name"]) <= 48 else "..." + g["name"][-45:]
-        sq = f"{g['sqnr_db']:.1f}" if g["sqnr_db"] is not None else "-"
-        lines.append(f"{g['rank']:>4}  {name:<48} {g['enable_one']:>10.4f} {g['disable_one']:>11.4f} {sq:>8}")
+        nsr = g.get("noise_nsr")
+        noise_db = 10 * np.log10(nsr) if nsr else None
+        lines.append(f"{g['rank']:>4}  {name:<48} {num(g['enable_one'], 10, '.4f')} {num(g['disable_one'], 11, '.4f')} "
+                     f"{num(g['sqnr_db'], 8, '.1f')} {num(noise_db, 8, '.1f')}")
     if len(doc["groups"]) > top:
         lines.append(f"  ... {len(doc['groups']) - top} more groups in sensitivity.json")
     return "\n".join(lines)

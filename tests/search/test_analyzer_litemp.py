@@ -63,3 +63,24 @@ def test_litemp_profiles_dedupe_and_order() -> None:
                            (0, 5, 10, 20, 50, 100))
     assert [(k, flipped) for k, flipped, _ in plan] == [(0, []), (5, ["c"]), (50, ["c", "a"]), (100, ["c", "a", "d", "b"])]
     assert plan[1][2]["c"].is_fp16 and plan[1][2]["a"].name == "w8a8"
+
+
+def test_noise_ranking_needs_three_evaluations_and_still_finds_the_fragile_layer(tmp_path: Path) -> None:
+    """``--rank noise``: the summary's three evaluations, no per-group evaluation or probe; fc2 (whose 8-bit
+    weights already lose the signal) first; the report and the text table cope with the missing metrics."""
+    from sweeper.search.analyzer import format_analysis
+
+    ws = _ws(tmp_path)
+    base = Precision.parse("w8a8")
+    pool = ws.pool(extra_precisions=analysis_precisions(base))
+    try:
+        doc = run_analyze(ws, pool, None, base, "noise").doc
+    finally:
+        pool.close()
+    assert doc["evaluations"] == 3 and doc["probes"] == 0
+    assert doc["groups"][0]["ops"][0] == "fc2" and doc["groups"][0]["enable_one"] is None
+    nsr = [g["noise_nsr"] for g in doc["groups"]]
+    assert nsr == sorted(nsr, reverse=True)
+    assert "fc2" in format_analysis(doc)
+    assert (ws.exp.output / "analyze" / "report.html").is_file()
+    ws.close()
