@@ -221,17 +221,20 @@ class FastAMP:
     """Greedy AMP without phase 1's evaluations (see the module docstring): the Pareto list lowers groups in
     the order of :func:`noise_ordered_moves` on :func:`~sweeper.search.analyzer.quantization_noise`; full
     evaluations find its cheapest passing entry by a parallel k-ary search (one probe per worker and round,
-    entry 0 not assumed to pass), then ``repair_rounds`` rounds try further moves on top of the answer; the
+    entry 0 not assumed to pass; it stops once the unknown entries could make the answer at most
+    ``cost_tolerance`` cheaper), then ``repair_rounds`` rounds try further moves on top of the answer; the
     uniform candidates cheaper than the answer are evaluated last (never a costlier answer than they give)."""
 
     def __init__(self, ws: Workspace, candidates: list[Precision], cost: Callable[[Profile], float],
-                 workers: int, repair_rounds: int = 1) -> None:
+                 workers: int, repair_rounds: int = 0, cost_tolerance: float = 0.02) -> None:
         self.ws, self.candidates, self.cost = ws, candidates, cost
         self.groups = [g.name for g in ws.graph.groups]
         self.baseline = max(candidates, key=lambda p: (p.bops_factor, p.is_float))
         self.base_profile = Profile.uniform(self.groups, self.baseline)
         self.workers = max(1, workers)
         self.repair_rounds = repair_rounds
+        self.cost_tolerance = cost_tolerance  # relative: stop once the answer can get at most this much cheaper
+        self.stopped_within_tolerance = False
         self.pareto_list: list[Profile] = []
         self.moves: list[tuple[str, Precision, float]] = []  # the move that made entry i + 1
         self.noise_seconds = 0.0
@@ -276,6 +279,11 @@ class FastAMP:
         unknown = [i for i in range(lo + 1, hi) if state.metric(self.pareto_list[i]) is None]
         if not unknown:
             return {}
+        if lo >= 0:  # what is left to win is within the tolerance: a round would cost more than it can save
+            best, floor = self.cost(self.pareto_list[lo]), self.cost(self.pareto_list[unknown[-1]])
+            if best - floor <= self.cost_tolerance * best:
+                self.stopped_within_tolerance = True
+                return {}
         k = min(self.workers, len(unknown))
         probes = sorted({unknown[round((j + 1) * (len(unknown) + 1) / (k + 1)) - 1] for j in range(k)})
         return {f"fast:{i}": self.pareto_list[i] for i in probes}
@@ -345,6 +353,7 @@ class FastAMP:
         return {"baseline": self.baseline.name, "ranking": "quantization noise per cost saved",
                 "noise_seconds": self.noise_seconds, "full_evaluations": len(state.evaluated),
                 "list_length": len(self.pareto_list), "cheapest_passing_index": lo, "first_failing_index": hi,
+                "cost_tolerance": self.cost_tolerance, "stopped_within_tolerance": self.stopped_within_tolerance,
                 "repairs": self.repairs, "uniform_skipped_as_failing": self.skipped_uniform,
                 "pareto_list": [{"index": i, "cost": self.cost(p), "metric": state.metric(p), "profile": p.label()}
                                 for i, p in enumerate(self.pareto_list) if state.metric(p) is not None],
@@ -685,7 +694,7 @@ def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup:
         n = f"front{i:02d}"
         front_doc.append({"name": ev.name, "metric": ev.metric, "drop": ev.drop, "cost": c,
                           "bops_ratio": ev.bops_ratio, **latency_fields(ev, measured.get(n)), "profile": p.label(),
-                          "onnx": str(exports[n][0]) if n in exports else None})
+                          "onnx": ctx.final_path(exports[n][0].name) if n in exports else None})
     timed = [f for f in front_doc if f["measured_ms_per_sample"] is not None]
     corr = spearman([f["est_ms_per_sample"] for f in timed], [f["measured_ms_per_sample"] for f in timed])
     accepted_doc = None
@@ -695,7 +704,7 @@ def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup:
                         "bops_ratio": ev.bops_ratio, "size_mb": ev.size_mb,
                         **latency_fields(ev, measured.get("accepted")), "profile": p.label(),
                         "mixed": len(set(p.to_json().values())) > 1, "assignment": p.to_json(),
-                        "onnx": str(ctx.staging / "accepted.onnx"), "encodings": str(ctx.staging / "accepted.encodings")}
+                        "onnx": ctx.final_path("accepted.onnx"), "encodings": ctx.final_path("accepted.encodings")}
     uniform_passing = sorted((cost_of(p), ev.name) for p, ev in st.evaluated.values()
                              if ev.name.startswith("uniform:") and ok(ev.metric))
     doc = {"experiment": ws.exp.name, "metric": ws.exp.metric, "fp32_metric": ws.fp32_metric,
