@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sweeper.model.graph import ModelGraph
 from sweeper.model.opset import MS_DOMAIN, ai_onnx_opset, int_container, q16_domain
-from sweeper.model.session import ort_session
+from sweeper.model.session import BoundRunner, ort_session
 from sweeper.quant.encoding import Encoding
 from sweeper.quant.fp16 import FP16_MAX
 from sweeper.quant.precision import DEFAULT_CANDIDATES, FP32, Precision
@@ -42,8 +42,15 @@ BRANCHED_OPS = {"Conv", "ConvTranspose", "Gemm"}
 CHAIN_OPS = {"Relu", "Clip", "MaxPool"}
 
 
+_SCALARS: dict[tuple[str, bytes], np.ndarray] = {}
+
+
 def _scalar(value: object, dtype: type) -> np.ndarray:
-    return np.array(value, dtype=dtype)
+    """A 0-d array, one shared object per (dtype, bytes): a profile switch re-binds only the run-time inputs
+    whose array object changed (:class:`BoundRunner`), so equal values must be the same object (keyed by
+    bytes: -0.0 and 0.0 stay apart). Never written to."""
+    arr = np.array(value, dtype=dtype)
+    return _SCALARS.setdefault((arr.dtype.str, arr.tobytes()), arr)
 
 
 @dataclass
@@ -124,6 +131,7 @@ class QuantSim:
         self.layers = find_layers(graph)
         self.model = self._build()
         self.session = self._session()
+        self._runner = BoundRunner(self.session)
         self.input_names = graph.input_names
         self.bound: dict[str, np.ndarray] = {}
         self.profile: Profile | None = None
@@ -368,15 +376,14 @@ class QuantSim:
     def apply(self, profile: Profile) -> None:
         """Switch the simulation to ``profile`` (no session rebuild)."""
         self.bound = self.feeds_for(profile)
+        self._runner.bind(self.bound)
         self.profile = profile
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run the simulation under the applied profile."""
         if self.profile is None:
             raise RuntimeError("QuantSim.apply(profile) must be called before run()")
-        all_feeds = dict(self.bound)
-        all_feeds.update(feeds)
-        return self.session.run(None, all_feeds)
+        return self._runner.run(feeds)
 
     def run_named(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Like :meth:`run`, keyed by output name (graph outputs and probes)."""

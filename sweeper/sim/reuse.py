@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from sweeper.model.session import ort_session
+from sweeper.model.session import BoundRunner, ort_session
 from sweeper.quant.profile import Profile
 from sweeper.sim.quantsim import QuantSim
 
@@ -88,6 +88,7 @@ class Cut:
     early_outputs: tuple[str, ...]  # graph outputs computed before the cut (taken from the store)
     saved: float  # fraction of the model's MACs computed before the cut
     session: Any = None
+    runner: BoundRunner | None = None  # the session with the profile's control inputs bound
     session_inputs: frozenset[str] = frozenset()
     complete: bool = False  # its tensors are stored for every batch of the data, under the reference
 
@@ -143,6 +144,7 @@ class PrefixReuse:
         self._ref_feeds: dict[str, np.ndarray] = {}
         self._batches: list[_Batch] = []
         self._capture_session: Any = None
+        self._capture_runner: BoundRunner | None = None
         self._pending: tuple[list[Cut], list[int]] = ([], [])
         self.stats = {"captures": 0, "suffix_batches": 0, "full_batches": 0}
 
@@ -286,6 +288,7 @@ class PrefixReuse:
         for cut in self.cuts:
             before = _resident_bytes()
             cut.session = self._session(self._suffix_model(cut, types))
+            cut.runner = BoundRunner(cut.session)
             cut.session_inputs = frozenset(i.name for i in cut.session.get_inputs())
             if warmup is not None:
                 cut.session.run(None, {k: v for k, v in {**feeds, **values}.items() if k in cut.session_inputs})
@@ -295,10 +298,11 @@ class PrefixReuse:
         del values
         planned = self._bytes_per_sample(self._store_names(self.cuts), self._shapes) * self.samples
         while self.cuts and planned + self.session_bytes() > self.budget:
-            self.cuts.pop(0).session = None  # the earliest cut saves the least
+            dropped = self.cuts.pop(0)  # the earliest cut saves the least
+            dropped.session = dropped.runner = None
             planned = self._bytes_per_sample(self._store_names(self.cuts), self._shapes) * self.samples
         if not self.cuts:
-            self._capture_session = None
+            self._capture_session = self._capture_runner = None
 
     # -- the reference ----------------------------------------------------------------------------
     def set_reference(self, reference: Profile) -> None:
@@ -376,13 +380,15 @@ class PrefixReuse:
         """A full run (capture session) storing the tensors of ``todo``'s cuts for every batch."""
         names = [o.name for o in self._capture_session.get_outputs()]
         graph_outputs = set(self.output_names)
-        bound = self.sim.bound
+        runner = BoundRunner(self._capture_session, names) if self._capture_runner is None else self._capture_runner
+        self._capture_runner = runner
+        runner.bind(self.sim.bound)
         counter = iter(range(10 ** 12))
         seen: list[int] = []
         self.stats["captures"] += 1
 
         def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-            outs = dict(zip(names, self._capture_session.run(None, {**bound, **feeds}), strict=True))
+            outs = dict(zip(names, runner.run(feeds), strict=True))
             hint = next(counter)
             i = self._find(feeds, hint)
             if i is None:
@@ -404,8 +410,9 @@ class PrefixReuse:
 
     def _suffix_run(self, cut: Cut) -> RunFn:
         need = cut.session_inputs
-        bound = self.sim.bound
-        control = {k: v for k, v in bound.items() if k in need}
+        assert cut.runner is not None
+        runner = cut.runner
+        runner.bind({k: v for k, v in self.sim.bound.items() if k in need})
         counter = iter(range(10 ** 12))
         suffix_outputs = [o for o in self.output_names if o not in cut.early_outputs]
 
@@ -418,9 +425,9 @@ class PrefixReuse:
             if any(t not in batch.tensors for t in cut.frontier):  # never stored for this batch
                 self.stats["full_batches"] += 1
                 return self.sim.run(feeds)
-            sfeeds = {**control, **{k: v for k, v in feeds.items() if k in need}}
+            sfeeds = {k: v for k, v in feeds.items() if k in need}
             sfeeds.update({t: batch.tensors[t] for t in cut.frontier})
-            outs = dict(zip(suffix_outputs, cut.session.run(None, sfeeds), strict=True))
+            outs = dict(zip(suffix_outputs, runner.run(sfeeds), strict=True))
             self.stats["suffix_batches"] += 1
             return [outs[o] if o in outs else batch.tensors[o].copy() for o in self.output_names]
 
