@@ -17,6 +17,7 @@ from pathlib import Path
 from _common import mixed_profiles, mnist_workspace
 
 from sweeper.cluster.pool import RayPool, ray_runtime
+from sweeper.replica import Replica
 from sweeper.search.evaluate import Sweep
 from sweeper.sim.quantsim import QuantSim
 from sweeper.tracking.tracker import Tracker
@@ -42,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ray_runtime(num_cpus=2):
         os.chdir(tmp)
         ws.exp = dataclasses.replace(ws.exp, output=Path(tmp) / "out", tracking_uri=f"sqlite:///{tmp}/mlflow.db")
-        pool = RayPool(ws.worker_spec(), 1)
+        pool = RayPool(Replica, ws.worker_spec(), 1)
         try:
             list(pool.map_unordered([warm]))
             tracker = Tracker("bench", ws.exp.tracking_uri)

@@ -12,10 +12,11 @@ import time
 from _common import mixed_profiles, mnist_workspace
 
 from sweeper.cluster.pool import RayPool, ray_runtime
+from sweeper.replica import Replica
 
 
 def throughput(ws, workers: int, profiles) -> float:  # noqa: ANN001
-    pool = RayPool(ws.worker_spec(), workers)
+    pool = RayPool(Replica, ws.worker_spec(), workers)
     try:
         list(pool.map_unordered(profiles[:workers]))  # warm every worker (session built, caches filled)
         t0 = time.perf_counter()

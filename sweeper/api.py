@@ -70,6 +70,13 @@ def _model_spec(model: ModelLike, example_input: Any) -> ModelSpec:
                                 "torch.nn.Module or a function returning one")
 
 
+def _loader_on_workers(on: bool, evaluation: Any) -> bool:
+    if on and not (callable(evaluation) or isinstance(evaluation, str | os.PathLike)):
+        raise SweeperError("load_on_workers", f"evaluation is {type(evaluation).__name__}: expected a loader "
+                                              "(a callable or pkg.module:function) that each worker calls")
+    return bool(on)
+
+
 def experiment(name: str, model: ModelLike, calibration: DataLike, evaluation: DataLike | None = None, *,
                metric: str | Callable[..., float] = "top1", higher_is_better: bool = True,
                max_drop: float = 0.01, candidates: Iterable[str | Precision] = DEFAULT_CANDIDATES,
@@ -78,10 +85,11 @@ def experiment(name: str, model: ModelLike, calibration: DataLike, evaluation: D
                threads_per_worker: int = 1, calibration_scheme: str = "minmax", calibration_samples: int | None = None,
                act_symmetric: bool = False, weight_symmetric: bool = True, per_channel: bool = True,
                tracking_uri: str | None = None, study_storage: str | None = None, cost_target: str = "npu_generic",
-               reuse_memory_mb: int = DEFAULT_REUSE_MB) -> Experiment:
+               reuse_memory_mb: int = DEFAULT_REUSE_MB, load_on_workers: bool = False) -> Experiment:
     """An :class:`~sweeper.config.experiment.Experiment` built in code (the same object an experiment file
-    gives). ``evaluation`` defaults to the calibration data. Errors are :class:`~sweeper.errors.SweeperError`
-    naming the argument."""
+    gives). ``evaluation`` defaults to the calibration data; ``load_on_workers``: each worker calls the
+    ``evaluation`` loader (a callable) itself instead of receiving the data. Errors are
+    :class:`~sweeper.errors.SweeperError` naming the argument."""
     if not name or any(c in name for c in "/\\ "):
         raise SweeperError("name", f"found {name!r}: expected a non-empty name without spaces or slashes")
     if isinstance(metric, str) and metric in ("top1", "cosine", "sqnr") and not higher_is_better:
@@ -103,7 +111,8 @@ def experiment(name: str, model: ModelLike, calibration: DataLike, evaluation: D
     out = Path(output) if output is not None else Path("runs") / name
     return Experiment(
         name=name, path=Path(f"<{name}>"), model=_model_spec(model, example_input),
-        data=DataSpec(calibration=calibration, evaluation=calibration if evaluation is None else evaluation),
+        data=DataSpec(calibration=calibration, evaluation=calibration if evaluation is None else evaluation,
+                      load_on_workers=_loader_on_workers(load_on_workers, evaluation)),
         metric=metric, higher_is_better=higher_is_better, batch_size=batch_size, max_drop=float(max_drop),
         candidates=precs, calibration=CalibrationSpec(scheme=calibration_scheme, samples=calibration_samples,
                                                       act_symmetric=act_symmetric, weight_symmetric=weight_symmetric,
@@ -199,6 +208,14 @@ class Session:
         return run_amp(self.ws, pool, self.tracker, candidates=cands, algorithm=algorithm, cost=cost,
                        objective=objective, trials=trials, timeout=timeout, fresh=fresh, measure=measure)
 
+    def adaround(self, precision: str | Precision = "w4a8", iterations: int = 1000, fresh: bool = False) -> Any:
+        """Step 4: AdaRound at a uniform precision, kept only when it evaluates better than nearest rounding
+        (the ``results.json`` document); :meth:`use_adaround` runs later steps on the kept weights."""
+        from sweeper.quant.adaround import AdaRoundConfig
+        from sweeper.search.adaround import AdaRoundStep
+
+        return self.run_step(AdaRoundStep(self.ws, _prec(precision, "precision"), AdaRoundConfig(iterations)), fresh)
+
     def qat(self, profile: str | Precision | Profile | os.PathLike[str] = "w4a8", *, data: DataLike | None = None,
             train: Callable[..., Any] | str | None = None, epochs: int | None = None, lr: float | None = None,
             batch_size: int | None = None, fresh: bool = False) -> Any:
@@ -227,6 +244,34 @@ class Session:
         path = Path(out)
         save_export(export_qdq(ws.graph, ws.table, prof), ws.table.to_aimet(prof), path, path.with_suffix(".encodings"))
         return path
+
+    def run(self, settings: Any = None, fresh: bool = False,
+            show: Callable[[str, Any], None] = lambda name, value: None) -> Any:
+        """The whole workflow with its decision rules (a :class:`~sweeper.search.workflow.WorkflowReport`);
+        ``settings``: a :class:`~sweeper.search.workflow.WorkflowSettings` (default: the experiment's
+        ``workflow`` section)."""
+        from sweeper.search.workflow import run_workflow
+
+        return run_workflow(self, settings or self.exp.workflow, fresh, show)
+
+    def use_adaround(self, path: str | os.PathLike[str]) -> None:
+        """Run every later step on AdaRound's learned weights (an ``adaround`` folder or its rounding.npz);
+        the workers are rebuilt with them."""
+        from sweeper.quant.adaround import load_rounding
+
+        self.ws.use_rounding(load_rounding(Path(path)), str(path))
+        self._drop_pool()
+
+    def set_output(self, output: str | os.PathLike[str]) -> None:
+        """Write later steps' folders under ``output``."""
+        out = Path(output).resolve()
+        self.exp = dataclasses.replace(self.exp, output=out)
+        self.ws.exp = dataclasses.replace(self.ws.exp, output=out)
+
+    def _drop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        self._pool, self._needs = None, None
 
     def close(self) -> None:
         if self._pool is not None:

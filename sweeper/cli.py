@@ -165,23 +165,43 @@ def step_command(name: str) -> Callable[[argparse.Namespace], int]:
     return cmd
 
 
+def _workflow_settings(exp: Any, args: argparse.Namespace) -> Any:
+    """The experiment's ``workflow`` section with the command line's overrides."""
+    over = {k: v for k, v in (("adaround", args.adaround), ("qat", args.qat),
+                              ("latency_budget_ms", args.latency_budget)) if v is not None}
+    if args.latency_budget is not None and args.latency_budget <= 0:
+        raise SweeperError("--latency-budget", f"found {args.latency_budget:g}: expected milliseconds > 0")
+    return dataclasses.replace(exp.workflow, **over)
+
+
+def print_workflow(s: Any, report: Any) -> None:
+    """The workflow's decisions and where the accepted profile came from."""
+    print("\nWorkflow - what each step found, and why it went on or stopped")
+    for d in report.decisions:
+        print(f"  - {d}")
+    a = report.accepted
+    if a is not None:
+        lat = "" if a.est_latency_ms is None else f", est. {a.est_latency_ms:.4g} ms/sample"
+        if a.measured_latency_ms is not None:
+            lat += f", measured {a.measured_latency_ms:.4g} ms/sample"
+        print(f"\nrecommended: {a.profile} from {a.step} ({s.exp.metric} {a.metric:.4f}, drop {a.drop:.4f}, "
+              f"{a.bops_ratio:.2f}x w8a8 BOPs{lat}) -> {a.onnx}")
+    print(f"workflow: {report.output}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """The workflow: Step 1 (baseline), then Step 3 (greedy AMP over the same candidates) on one pool."""
-    from sweeper.api import amp_needs
+    """The workflow (:mod:`sweeper.search.workflow`): Steps 1-3 with their stopping rules, then AdaRound and
+    QAT where enabled; every step's report as it finishes, on one pool."""
     from sweeper.search.registry import STEPS
 
     with _session(args) as s:
-        s.pool(amp_needs(s.exp.candidates))  # one pool for both steps
-        rep = s.baseline(fresh=args.fresh)
-        print(STEPS["baseline"].report(s, rep))
-        if len(s.exp.candidates) > 1:
-            print("\nStep 3 - automatic mixed precision (greedy) over the same candidates...", file=sys.stderr)
-            amp = s.amp(algorithm="greedy", fresh=args.fresh)
-            print(STEPS["amp"].report(s, amp))
-            a = amp.doc["accepted"]
-            if a:
-                print(f"\nrecommended: {a['profile']} ({s.exp.metric} {a['metric']:.4f}, {a['bops_ratio']:.2f}x "
-                      f"w8a8 BOPs) -> {a['onnx']}")
+        settings = _workflow_settings(s.exp, args)
+
+        def show(step: str, value: Any) -> None:
+            print(STEPS[step].report(s, value))
+
+        report = s.run(settings, fresh=args.fresh, show=show)
+        print_workflow(s, report)
         _mlflow_line(s)
     return 0
 
@@ -199,7 +219,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                      tracking=not args.no_tracking, output=out)
     summary = (out or Path("runs")) / "batch_summary.json"
     write_summary(rows, summary)
-    print("\nBatch - Step 1 on every model")
+    print("\nBatch - the workflow (sweeper run) on every model")
     print(format_summary(rows))
     print(f"\nsummary: {summary}")
     if not args.no_tracking:
@@ -357,8 +377,15 @@ def _step_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -
     """``run`` plus one subcommand per registered step (sweeper.search.registry)."""
     from sweeper.search.registry import STEPS
 
-    sp = sub.add_parser("run", help="the workflow: Step 1 (baseline), then Step 3 (greedy AMP)")
+    sp = sub.add_parser("run", help="the workflow: Steps 1-3 with their stopping rules, AdaRound and QAT "
+                                    "where enabled (workflow section)")
     common(sp)
+    sp.add_argument("--adaround", action=argparse.BooleanOptionalAction, default=None,
+                    help="Step 4 when the weights are the sensitive part (default: workflow.adaround)")
+    sp.add_argument("--qat", action=argparse.BooleanOptionalAction, default=None,
+                    help="Step 5 for a PyTorch model (default: workflow.qat)")
+    sp.add_argument("--latency-budget", type=float, default=None, metavar="MS",
+                    help="Step 2 stops only when its profile is estimated this fast (ms per sample)")
     sp.set_defaults(func=cmd_run)
     for name, entry in STEPS.items():
         sp = sub.add_parser(name, help=entry.help)

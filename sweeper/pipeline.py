@@ -1,7 +1,7 @@
 """Workspace: everything a step needs, built once from a validated Experiment.
 
 model -> prepared ModelGraph -> CalibrationStats (one pass) -> EncodingTable; FP32 reference outputs and
-metric; the WorkerSpec that workers build their QuantSim from.
+metric; the WorkerSpec that workers build their replica (sweeper.replica) from.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from sweeper.cluster.pool import WorkerPool, WorkerSpec, make_pool
+from sweeper.cluster.pool import WorkerPool, make_pool
 from sweeper.config.experiment import Experiment
 from sweeper.errors import SweeperError
 from sweeper.eval.data import Dataset, check_dataset, input_specs_from_onnx, load_dataset
@@ -28,6 +28,7 @@ from sweeper.model.graph import WEIGHT_OPS, ModelGraph
 from sweeper.model.intake import load_model, prepare_model
 from sweeper.model.session import ort_session
 from sweeper.quant import calibration
+from sweeper.replica import DataOnWorker, Replica, WorkerSpec
 from sweeper.sim.encodings import EncodingTable, QuantConfig
 
 
@@ -49,6 +50,7 @@ class Workspace:
         if not isinstance(exp.metric, str):
             self.exp = exp = dataclasses.replace(exp, metric=self.evaluator.metric)
         self._load_data()
+        self._note_samples()
         self._calibrate()
         from sweeper.cost.latency import CostModel, load_target
 
@@ -61,15 +63,24 @@ class Workspace:
         self.reference = self.evaluator.reference_outputs(run, data) if self.evaluator.needs_reference else None
         self.fp32_metric = float(self.evaluator.evaluate(run, data, self.reference))
         self.fingerprint = self._fingerprint()
+        if exp.data.load_on_workers:  # workers load the evaluation data themselves: hold no copy here
+            self.eval_data = DataOnWorker(exp.data.evaluation, f"{exp.path}: data.evaluation",
+                                          opaque_ok=not self.evaluator.is_builtin)
+            self.eval_set = None
         # profile key -> {"metric", "eval_seconds"}: every profile evaluated in this workspace, whichever step
         # evaluated it (sweeper.search.evaluate.Sweep reads and fills it)
         self.evaluated: dict[str, dict[str, float]] = {}
+        if getattr(exp, "rounding", None) is not None:  # AdaRound's learned weights (the experiment's rounding key)
+            from sweeper.quant.adaround import load_rounding
+
+            self.use_rounding(load_rounding(exp.rounding, graph=self.graph), str(exp.rounding))
 
     def _load_model(self) -> onnx.ModelProto:
         """The user's model: an ONNX file, a torch factory, or a function (an import path, or a callable
         from the Python API) returning an ONNX path, an ``onnx.ModelProto`` or ``(torch module, example)``."""
         exp = self.exp
         factory = exp.model.onnx_factory
+        self.from_torch = exp.model.torch is not None  # a PyTorch model (what QAT trains)
         if factory is None:
             return load_model(str(exp.model.onnx) if exp.model.onnx else None, exp.model.torch, self.tmp)
         from sweeper.model.intake import export_torch, load_onnx_file, resolve_callable
@@ -85,6 +96,7 @@ class Workspace:
         if isinstance(made, onnx.ModelProto):
             return made
         if isinstance(made, tuple) and len(made) == 2 and not isinstance(made[0], str | os.PathLike):
+            self.from_torch = True
             return export_torch(lambda: made, self.tmp / "exported.onnx", where)
         return load_onnx_file(str(made), where)
 
@@ -139,16 +151,28 @@ class Workspace:
             graph, self.table.weight, bits, self.cal_set, batch_size=exp.batch_size,
             max_samples=exp.calibration.samples, threads=self.threads)
 
-    def sample_size(self) -> int:
-        """Samples in :meth:`sample_feeds`: a batch of batched data, else 1 (one model run)."""
+    def evaluation_data(self) -> Any:
+        """The evaluation data as the loader returned it (loaded again when only the workers hold it)."""
+        if isinstance(self.eval_data, DataOnWorker):
+            return load_dataset(self.eval_data.spec, self.eval_data.where, self.eval_data.opaque_ok)[0]
+        return self.eval_data
+
+    def _note_samples(self) -> None:
+        """One model run's feeds (warm-up, latency measurement: the first evaluation batch or feed, or the
+        calibration data's when only a user metric reads the evaluation data), how many samples they hold
+        (a batch of batched data, else 1), and the evaluation's samples or feeds (prefix-reuse budget)."""
         ds = self.eval_set if self.eval_set is not None else self.cal_set
-        return min(self.exp.batch_size, ds.samples) if ds.layout == "batched" else 1
+        self._sample = ds.first(self.graph.input_names, self.exp.batch_size)
+        self._sample_size = min(self.exp.batch_size, ds.samples) if ds.layout == "batched" else 1
+        self._samples = ds.samples
+
+    def sample_size(self) -> int:
+        """Samples in :meth:`sample_feeds`."""
+        return self._sample_size
 
     def sample_feeds(self) -> dict[str, np.ndarray]:
-        """One model run's feeds (warm-up, latency measurement): the first evaluation batch or feed, or the
-        calibration data's when only a user metric reads the evaluation data."""
-        ds = self.eval_set if self.eval_set is not None else self.cal_set
-        return ds.first(self.graph.input_names, self.exp.batch_size)
+        """One model run's feeds (see :meth:`_note_samples`)."""
+        return self._sample
 
     def _fingerprint(self) -> dict[str, Any]:
         """What a stored metric depends on, by content: the prepared model, the data, the metric (and its
@@ -162,6 +186,16 @@ class Workspace:
                 "metric": exp.metric, "metric_code": _code_digest(self.evaluator.fn),
                 "higher_is_better": exp.higher_is_better, "batch_size": exp.batch_size,
                 "calibration": dataclasses.asdict(exp.calibration), "sweeper": __version__}
+
+    def use_rounding(self, rounding: dict[tuple[str, int], np.ndarray], source: str = "") -> None:
+        """Store weights with learned integers (AdaRound) instead of round-to-nearest, in the simulation, on
+        every worker built afterwards and in exports. Keyed by (weight, bits); the encodings stay. The
+        fingerprint changes with them, so no stored metric of the nearest-rounded weights is reused."""
+        for (name, bits), q in rounding.items():
+            self.table.set_rounding(name, bits, q)
+        self.fingerprint["rounding"] = _digest({f"{n}@{b}": q for (n, b), q in sorted(self.table.rounding.items())})
+        self.fingerprint["rounding_source"] = source
+        self.evaluated.clear()
 
     def model_report(self) -> dict[str, Any]:
         """What intake and the quantization rules did to the model as a whole, for results.json: the opset
@@ -206,14 +240,14 @@ class Workspace:
             input_names=self.graph.input_names, data=self.eval_data, reference=self.reference,
             threads=self.threads, precisions=precisions, probe_data=probe_data, probe_tensors=probe_tensors,
             reuse_mb=float(self.exp.reuse_memory_mb) if reuse else 0.0, sample_feeds=self.sample_feeds(),
-            samples=(self.eval_set or self.cal_set).samples, output_index=self.evaluator.output_index,
-            input_specs=self.specs,
+            samples=self._samples, output_index=self.evaluator.output_index,
+            input_specs=self.specs, rounding=dict(self.table.rounding),
         )
 
     def pool(self, kind: str | None = None, workers: int | None = None, address: str | None = None,
              extra_precisions: tuple[str, ...] = (), probes: bool = False, reuse: bool = False) -> WorkerPool:
         spec = self.worker_spec(extra_precisions, probes, reuse)
-        return make_pool(kind or self.exp.pool, spec, workers or self.exp.workers, address)
+        return make_pool(kind or self.exp.pool, Replica, spec, workers or self.exp.workers, address)
 
     def close(self) -> None:
         self._tmp.cleanup()

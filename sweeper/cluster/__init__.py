@@ -1,6 +1,6 @@
-"""Worker pools: SimWorker replicas on Ray actors (default) or in-process (debugging, unit tests).
+"""Worker pools: the transport to workers on Ray actors (default) or in process (debugging, unit tests).
 
-This is the only package that imports ray.
+This is the only package that imports ray; what the workers compute is :mod:`sweeper.replica`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from sweeper.cluster.pool import (
     RayPool,
     Result,
     WorkerPool,
-    WorkerSpec,
     make_pool,
 )
 
-__all__ = ["InProcessPool", "LazyPool", "PoolClosed", "RayPool", "Result", "WorkerPool", "WorkerSpec", "make_pool"]
+__all__ = ["InProcessPool", "LazyPool", "PoolClosed", "RayPool", "Result", "WorkerPool", "make_pool"]

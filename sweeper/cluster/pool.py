@@ -1,4 +1,10 @@
-"""WorkerPool: evaluate Profiles on QuantSim replicas, results returned as they complete."""
+"""Worker pools: the transport between a step and its workers (Ray actors, or one in-process worker).
+
+A pool hosts one object per worker, built by a factory from a spec sent once (:class:`sweeper.replica.Replica`
+from a :class:`sweeper.replica.WorkerSpec`), and moves calls to it by method name (:meth:`map_calls`,
+:meth:`map_dynamic`) and evaluations of profiles (:meth:`map_unordered`), with results returned as they
+complete. What a worker computes is not here: this package knows Ray, fault handling and the object store.
+"""
 
 from __future__ import annotations
 
@@ -8,233 +14,47 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-
-import numpy as np
+from typing import Any, Protocol
 
 from sweeper.quant.profile import Profile
-
-if TYPE_CHECKING:
-    from sweeper.sim.quantsim import QuantSim
-
-
-@dataclass
-class WorkerSpec:
-    """Everything a worker needs to build its QuantSim; sent once (Ray object store)."""
-
-    model_bytes: bytes
-    stats: Any  # CalibrationStats
-    quant_config: Any  # QuantConfig
-    metric: str
-    higher_is_better: bool
-    batch_size: int
-    input_names: list[str]
-    data: Any  # the evaluation data as loaded: a dict of arrays, a list of feeds, or a user metric's own
-    reference: list[Any] | None
-    threads: int = 1
-    precisions: tuple[str, ...] = ()  # every precision a profile may assign (the sweep's candidates)
-    probe_data: dict[str, np.ndarray] | None = None  # a calibration batch for per-layer SQNR probes
-    probe_tensors: tuple[str, ...] = ()  # tensors the probes compare with FP32
-    reuse_mb: float = 0.0  # memory for prefix reuse (sweeper.sim.reuse); 0: every evaluation is a full run
-    sample_feeds: dict[str, np.ndarray] | None = None  # one model run's feeds (warm-up, latency)
-    samples: int = 0  # evaluation samples (batched data) or feeds, for the prefix-reuse budget
-    output_index: int = 0  # the model output the built-in metrics read
-    input_specs: Any = None  # {input: (shape, dtype)}: what a user metric's run() is checked against
 
 
 @dataclass
 class Result:
+    """One evaluated profile as a step sees it: metric, seconds, and the worker (name, Ray node, peak RSS)."""
+
     profile: Profile
     metric: float
     eval_seconds: float
     worker: str = ""
     node: str = ""  # Ray node id ("" in process)
+    peak_rss_mb: float = 0.0
 
 
-class SimWorker:
-    """Holds one QuantSim (one ONNX Runtime session) and evaluates profiles on it."""
+class WorkerFactory(Protocol):
+    """How a pool builds the object its workers host: ``factory(spec, name, exchange)``
+    (:class:`sweeper.replica.Replica`). Its methods are what ``map_calls`` calls by name; its ``evaluate``
+    answers with an object carrying ``profile, metric, seconds, worker, node, peak_rss_mb, store``."""
 
-    def __init__(self, spec: WorkerSpec, name: str = "local") -> None:
-        import onnx
+    def __call__(self, spec: Any, name: str, exchange: Any) -> Any: ...
 
-        from sweeper.eval.metrics import make_evaluator
-        from sweeper.model.graph import ModelGraph
-        from sweeper.sim.encodings import EncodingTable
-        from sweeper.sim.quantsim import QuantSim
 
-        self.name = name
-        model = onnx.load_from_string(spec.model_bytes)
-        graph = ModelGraph(model)
-        self.table = EncodingTable(graph, spec.stats, spec.quant_config)
-        self.sim = QuantSim(graph, self.table, threads=spec.threads, precisions=spec.precisions)
-        self.evaluator = make_evaluator(spec.metric, spec.higher_is_better, spec.batch_size, spec.input_names,
-                                        output_index=spec.output_index, specs=spec.input_specs)
-        self.data = spec.data
-        self.reference = spec.reference
-        self.spec = spec
-        self._graph = graph
-        self._probe: QuantSim | None = None
-        self._probe_ref: dict[str, np.ndarray] = {}
-        self.reuse = None
-        self._shared_for: str | None = None
-        if spec.reuse_mb > 0:
-            from sweeper.sim.reuse import PrefixReuse
+class _LocalExchange:
+    """In one process there is nobody to share a payload with."""
 
-            self.reuse = PrefixReuse(self.sim, spec.stats.shapes, max(1, spec.samples), spec.reuse_mb)
-            self.reuse.build(warmup=self._first_batch())
-        self.sim.apply(Profile.uniform([g.name for g in graph.groups], self.sim.precisions[-1]))
-        self.sim.run(self._first_batch())  # ONNX Runtime's first run sets up its memory: not in a sweep's time
-        import sweeper.report.amp  # noqa: F401 - plot modules imported now, not on a step's critical path
-        import sweeper.report.sensitivity  # noqa: F401
-
-        if spec.probe_data is not None:  # an analysis pool: probes prepared at start-up
-            self._probe_sim()
-
-    def _first_batch(self) -> dict[str, np.ndarray]:
-        if self.spec.sample_feeds is not None:
-            return self.spec.sample_feeds
-        return {k: self.data[k][: self.spec.batch_size] for k in self.spec.input_names}
-
-    def evaluate(self, profile_json: dict[str, str], reference_json: dict[str, str] | None = None,
-                 store: list[Any] | None = None) -> tuple[dict[str, str], float, float, str, str, Any]:
-        """The metric of a profile. With a ``reference`` profile (one most profiles of the call share a
-        prefix with), later profiles run from the reference's stored activations (sweeper.sim.reuse).
-        ``store``: another worker's complete store for that reference, to take instead of computing it.
-        Returns (profile, metric, seconds, worker, node, this worker's store when it has just completed it)."""
-        profile = Profile.from_json(profile_json)
-        t0 = time.perf_counter()
-        reference = None if reference_json is None else Profile.from_json(reference_json)
-        metric = self._metric(profile, reference, store)
-        return profile_json, metric, time.perf_counter() - t0, self.name, self.node_id(), self._published()
-
-    def _metric(self, profile: Profile, reference: Profile | None, store: list[Any] | None) -> float:
-        reuse = self.reuse
-        if reuse is None or reference is None or not reuse.cuts:
-            self.sim.apply(profile)
-            return float(self.evaluator.evaluate(self.sim.run, self.data, self.reference))
-        reuse.set_reference(reference)
-        if store and not reuse.complete():
-            payload = self._fetch(store)
-            if payload is not None and reuse.install(payload):
-                reuse.stats["installed"] = reuse.stats.get("installed", 0) + 1
-                self._shared_for = reference.key  # taken from another worker: nothing new to publish
-        metric = float(self.evaluator.evaluate(reuse.run_fn(profile), self.data, self.reference))
-        reuse.finish_run()
-        return metric
-
-    def reuse_stats(self) -> dict[str, int]:
-        """Counters of prefix reuse on this worker (captures, suffix and full batches, stores installed)."""
-        return {} if self.reuse is None else dict(self.reuse.stats)
-
-    def _published(self) -> Any:
-        """A handle other workers can fetch this worker's complete store with (once per reference)."""
-        reuse = self.reuse
-        if reuse is None or not reuse.complete() or reuse.reference is None:
-            return None
-        if self._shared_for == reuse.reference.key:
-            return None
-        self._shared_for = reuse.reference.key
-        payload = reuse.export()
-        return None if payload is None else self._share(payload)
-
-    def _share(self, payload: dict[str, Any]) -> Any:  # in one process there is nobody to share with
+    def share(self, payload: dict[str, Any]) -> Any:
         return None
 
-    def _fetch(self, store: list[Any]) -> dict[str, Any] | None:
+    def fetch(self, store: Any) -> dict[str, Any] | None:
         return None
-
-    def _probe_sim(self) -> QuantSim:
-        """A second simulation exposing every group's layer output, with its FP32 reference values."""
-        from sweeper.quant.precision import FP32
-        from sweeper.sim.quantsim import QuantSim
-
-        if self._probe is None:
-            self._probe = QuantSim(self._graph, self.table, threads=self.spec.threads,
-                                   precisions=self.spec.precisions, extra_outputs=self.spec.probe_tensors)
-            self._probe.apply(Profile.uniform([g.name for g in self._graph.groups], FP32))
-            outs = self._probe.run_named(self.spec.probe_data or {})
-            self._probe_ref = {t: outs[t] for t in self.spec.probe_tensors}
-        return self._probe
-
-    def render_plot(self, doc: dict[str, Any], name: str) -> bytes | None:
-        """Render one plot of a report (idle workers draw the report's plots in parallel)."""
-        return render_plot(doc, name)
-
-    def measure_latency(self, model: bytes) -> float:
-        """Measured ONNX Runtime CPU latency (ms, 1 thread) of an exported model on one evaluation batch."""
-        from sweeper.cost.measure import measure_latency_ms
-
-        return measure_latency_ms(model, self._first_batch())
-
-    def layer_sqnr(self, profile_json: dict[str, str], tensor: str) -> float:
-        """SQNR (dB) of ``tensor`` under ``profile`` vs FP32, on the probe (calibration) batch."""
-
-        probe = self._probe_sim()
-        probe.apply(Profile.from_json(profile_json))
-        out = probe.run_named(self.spec.probe_data or {})[tensor].astype(np.float64)
-        ref = self._probe_ref[tensor].astype(np.float64)
-        noise = float(np.sum((ref - out) ** 2))
-        signal = float(np.sum(ref ** 2))
-        if noise == 0.0:
-            return 100.0
-        return float(min(100.0, 10.0 * np.log10(max(signal, 1e-30) / noise)))
 
     def node_id(self) -> str:
         return ""
 
-    def pid(self) -> int:
-        return os.getpid()
 
-    def where(self) -> tuple[int, str]:
-        """(process id, node id): the pool's start-up probe, answered once the QuantSim is built."""
-        return os.getpid(), self.node_id()
-
-
-def render_plot(doc: dict[str, Any], name: str) -> bytes | None:
-    """One plot of a step's report as PNG bytes: ``amp_pareto`` or a sensitivity report plot."""
-    if name == "amp_pareto":
-        from sweeper.report.amp import render_pareto
-
-        return render_pareto(doc)
-    from sweeper.report.sensitivity import render_plot as sensitivity_plot
-
-    return sensitivity_plot(doc, name)
-
-
-def render_in_background(pool: WorkerPool, doc: dict[str, Any], name: str) -> Future[bytes | None]:
-    """Render a plot on an idle worker while the caller goes on (here, when the pool never started)."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-plot")
-
-    def render() -> bytes | None:
-        if isinstance(pool, LazyPool) and pool.pool is None:  # do not start workers just to draw
-            return render_plot(doc, name)
-        try:
-            return next(iter(pool.map_calls("render_plot", [(doc, name)])))[1]
-        except Exception:  # noqa: BLE001 - a plot must not cost the results: draw it here instead
-            return render_plot(doc, name)
-
-    future = executor.submit(render)
-    executor.shutdown(wait=False)
-    return future
-
-
-def measure_on_workers(pool: WorkerPool, models: dict[str, Path]) -> dict[str, float]:
-    """Measured latency (ms) of exported models, one model per worker at a time (each worker runs on its own
-    CPU, 1 thread); here, in process, when the pool never started."""
-    if not models:
-        return {}
-    names = list(models)
-    if isinstance(pool, LazyPool) and pool.pool is None:
-        from sweeper.cost.measure import measure_latency_ms
-
-        worker_data = pool.spec.data
-        feeds = {k: worker_data[k][: pool.spec.batch_size] for k in pool.spec.input_names}
-        return {n: measure_latency_ms(models[n], feeds) for n in names}
-    calls = [(models[n].read_bytes(),) for n in names]
-    return {names[i]: float(ms) for i, ms in pool.map_calls("measure_latency", calls)}
+def _result(ev: Any) -> Result:
+    return Result(Profile.from_json(ev.profile), ev.metric, ev.seconds, ev.worker, ev.node, ev.peak_rss_mb)
 
 
 class WorkerPool(Protocol):
@@ -253,8 +73,8 @@ class WorkerPool(Protocol):
 class InProcessPool:
     """Same interface as the Ray pool, evaluating in this process (for debugging and unit tests)."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
-        self.worker = SimWorker(spec, "local-0")
+    def __init__(self, factory: WorkerFactory, spec: Any) -> None:
+        self.worker = factory(spec, "local-0", _LocalExchange())
         self.size = 1
 
     def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
@@ -269,9 +89,8 @@ class InProcessPool:
 
     def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None) -> Iterator[Result]:
         ref = None if reference is None else reference.to_json()
-        for _, out in self.map_calls("evaluate", [(p.to_json(), ref) for p in profiles]):
-            pj, metric, secs, name, node, _ = out
-            yield Result(Profile.from_json(pj), metric, secs, name, node)
+        for _, ev in self.map_calls("evaluate", [(p.to_json(), ref) for p in profiles]):
+            yield _result(ev)
 
     def close(self) -> None:
         pass
@@ -379,14 +198,14 @@ class _Actor:
 
 
 class RayPool:
-    """SimWorker actors on Ray, spread over the cluster's nodes. The spec goes through the object store once;
+    """Worker actors (:class:`RayWorker`) on Ray, spread over the cluster's nodes. The spec goes through the object store once;
     dispatch keeps every worker busy and yields results as they complete. A worker that dies (its process
     killed, its node lost) is replaced by a new actor, which Ray places on a live node, and the calls it had
     are run again; a replacement gets calls once it has started. Lost nodes are reported (:meth:`faults`).
     Closing the pool while other threads have calls running ends those calls with :class:`PoolClosed` and
     shuts Ray down only once no thread is inside it."""
 
-    def __init__(self, spec: WorkerSpec, workers: int, address: str | None = None) -> None:
+    def __init__(self, factory: WorkerFactory, spec: Any, workers: int, address: str | None = None) -> None:
         _quiet_ray_env()
         import ray
 
@@ -395,7 +214,8 @@ class RayPool:
         # joins the runtime a caller started (ray_runtime, a cluster), else starts and later stops its own
         self._runtime = ray_runtime(address, max(workers * spec.threads, os.cpu_count() or 1)).__enter__()
         self._spec_ref = ray.put(spec)  # one copy in the object store, shared by every actor
-        self._actor_cls = ray.remote(num_cpus=spec.threads, scheduling_strategy="SPREAD")(_RaySimWorker)
+        self._factory = factory
+        self._actor_cls = ray.remote(num_cpus=spec.threads, scheduling_strategy="SPREAD")(RayWorker)
         self._made = 0
         self._lock = threading.RLock()
         self._info: dict[int, _Actor] = {}  # id(handle) -> what we know (holds every handle made)
@@ -409,7 +229,7 @@ class RayPool:
         self.max_replacements = 2 * workers + 2
 
     def _new_actor(self) -> Any:
-        actor = self._actor_cls.remote(self._spec_ref, f"ray-{self._made}")
+        actor = self._actor_cls.remote(self._factory, self._spec_ref, f"ray-{self._made}")
         self._made += 1
         self._info[id(actor)] = _Actor(actor, actor.where.remote())
         return actor
@@ -568,12 +388,11 @@ class RayPool:
                 shared.clear()  # its owner may be gone: the next worker to complete a store publishes it
             return None, (p.to_json(), ref, shared[:1] or None)
 
-        for _, out in self.map_dynamic("evaluate", next_call, depth=2):
-            pj, metric, secs, name, node, store = out
-            if store is not None:  # the newest one: its owner is alive
-                shared[:] = store
-                owner[0] = node
-            yield Result(Profile.from_json(pj), metric, secs, name, node)
+        for _, ev in self.map_dynamic("evaluate", next_call, depth=2):
+            if ev.store is not None:  # the newest one: its owner is alive
+                shared[:] = ev.store
+                owner[0] = ev.node
+            yield _result(ev)
 
     def close(self) -> None:
         """Stop the workers and (if this pool started it) Ray. Calls other threads have running end with
@@ -653,7 +472,7 @@ class _Dispatch:
             actor = self.slots.pop(0)
             tag, args = call
             with self.pool._gate.call():
-                self.running[getattr(actor, self.method).remote(*args)] = (actor, tag, args)
+                self.running[actor.call.remote(self.method, *args)] = (actor, tag, args)
         return exhausted
 
     def check_start_deadline(self) -> None:
@@ -705,24 +524,37 @@ class _Dispatch:
             self._take(replacement)
 
 
-class _RaySimWorker(SimWorker):
-    def __init__(self, spec: WorkerSpec, name: str) -> None:
-        super().__init__(spec, name)
+class RayWorker:
+    """The Ray actor hosting one worker object (``factory(spec, name, self)``); it is also that object's
+    exchange: payloads go through the object store, and it knows its node."""
+
+    def __init__(self, factory: WorkerFactory, spec: Any, name: str) -> None:
         import ray
 
         self._node = ray.get_runtime_context().get_node_id()
+        self.impl = factory(spec, name, self)
 
-    def _share(self, payload: dict[str, Any]) -> Any:
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.impl, method)(*args)
+
+    def where(self) -> tuple[int, str]:
+        """(process id, node id): the pool's start-up probe, answered once the worker object is built."""
+        return os.getpid(), self._node
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def share(self, payload: dict[str, Any]) -> Any:
         import ray
 
         return [ray.put(payload)]  # in a list: the driver passes it on without fetching it
 
-    def _fetch(self, store: list[Any]) -> dict[str, Any] | None:
+    def fetch(self, store: Any) -> dict[str, Any] | None:
         import ray
 
         try:
             return ray.get(store[0], timeout=60)
-        except Exception:  # noqa: BLE001 - its owner died: compute the store here instead
+        except Exception:  # noqa: BLE001 - its owner died: the caller computes the store instead
             return None
 
     def node_id(self) -> str:
@@ -732,8 +564,9 @@ class _RaySimWorker(SimWorker):
 class LazyPool:
     """Starts the real pool on first use (a fully resumed sweep needs no workers at all)."""
 
-    def __init__(self, kind: str, spec: WorkerSpec, workers: int, address: str | None = None) -> None:
-        self.kind, self.spec, self.size, self.address = kind, spec, workers, address
+    def __init__(self, kind: str, factory: WorkerFactory, spec: Any, workers: int, address: str | None = None
+                 ) -> None:
+        self.kind, self.factory, self.spec, self.size, self.address = kind, factory, spec, workers, address
         self.pool: InProcessPool | RayPool | None = None
         self.startup_seconds = 0.0  # time spent starting the runtime and the workers (not evaluating)
         self._closed: InProcessPool | RayPool | None = None
@@ -745,9 +578,9 @@ class LazyPool:
         if self.pool is None:
             t0 = time.perf_counter()
             if self.kind == "local":
-                self.pool = InProcessPool(self.spec)
+                self.pool = InProcessPool(self.factory, self.spec)
             else:
-                pool = RayPool(self.spec, self.size, self.address)
+                pool = RayPool(self.factory, self.spec, self.size, self.address)
                 try:
                     pool.wait_ready()
                 except BaseException:
@@ -786,8 +619,10 @@ class LazyPool:
             self._closed.close()
 
 
-def make_pool(kind: str, spec: WorkerSpec, workers: int, address: str | None = None) -> WorkerPool:
-    """A worker pool: ``ray`` (actors, the default) or ``local`` (in process), started on first use."""
+def make_pool(kind: str, factory: WorkerFactory, spec: Any, workers: int, address: str | None = None
+              ) -> WorkerPool:
+    """A worker pool hosting ``factory(spec, ...)`` per worker: ``ray`` (actors, the default) or ``local``
+    (in process), started on first use."""
     if kind not in ("ray", "local"):
         raise ValueError(f"unknown pool {kind!r}: expected ray or local")
-    return LazyPool(kind, spec, workers, address)
+    return LazyPool(kind, factory, spec, workers, address)

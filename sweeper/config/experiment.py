@@ -7,6 +7,7 @@ Code past :func:`load_experiment` trusts the :class:`Experiment` it gets.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -35,10 +36,10 @@ _IMPORT_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
 _TOP_KEYS = (
     "name", "model", "data", "metric", "higher_is_better", "batch_size", "target", "candidates",
     "calibration", "workers", "pool", "threads_per_worker", "reuse_memory_mb", "output", "tracking", "study",
-    "cost", "metric_output", "qat",
+    "cost", "metric_output", "qat", "workflow", "rounding",
 )
 _MODEL_KEYS = ("onnx", "torch")
-_DATA_KEYS = ("calibration", "evaluation")
+_DATA_KEYS = ("calibration", "evaluation", "load_on_workers")
 _TARGET_KEYS = ("max_drop",)
 _CALIBRATION_KEYS = ("scheme", "percentile", "samples", "act_symmetric", "weight_symmetric", "per_channel", "bias")
 BIAS_MODES = ("int32", "float")
@@ -63,8 +64,9 @@ class ModelSpec:
 class DataSpec:
     """Each is an absolute path to an existing ``.npz`` file or a ``pkg.module:function`` import path."""
 
-    calibration: str
-    evaluation: str
+    calibration: Any
+    evaluation: Any
+    load_on_workers: bool = False  # each worker calls the evaluation loader itself (large data: no second copy)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,22 @@ class QATSpec:
 
 
 @dataclass(frozen=True)
+class WorkflowSpec:
+    """How ``sweeper run`` walks the steps (:mod:`sweeper.search.workflow`): an optional latency budget for
+    Step 2's answer (estimated ms per sample), and whether Steps 4 (AdaRound) and 5 (QAT) may run."""
+
+    latency_budget_ms: float | None = None
+    adaround: bool = False
+    adaround_precision: str | None = None  # default: the failing weight precision the rules find
+    adaround_iterations: int | None = None
+    qat: bool = False
+    qat_profile: str | None = None  # default: the cheapest candidate that failed Step 1
+
+
+_WORKFLOW_KEYS = tuple(f.name for f in dataclasses.fields(WorkflowSpec))
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     path: Path  # the experiment file, absolute
@@ -113,6 +131,8 @@ class Experiment:
     reuse_memory_mb: int = DEFAULT_REUSE_MB  # per worker, for prefix reuse (sweeper.sim.reuse); 0 turns it off
     metric_output: str | None = None  # the model output the built-in metrics read (default: the first)
     qat: QATSpec = QATSpec()  # quantization-aware training settings
+    workflow: WorkflowSpec = WorkflowSpec()  # sweeper run's rules
+    rounding: Path | None = None  # AdaRound's learned weights (an adaround folder or its rounding.npz)
 
 
 # ----------------------------------------------------------------------------------------------- YAML
@@ -329,7 +349,8 @@ def _data(ctx: _Ctx, raw: Mapping[str, Any]) -> DataSpec:
     section = _mapping(ctx, _required(ctx, raw, "data", "data", "a mapping with calibration and evaluation"),
                        "data", _DATA_KEYS)
     return DataSpec(calibration=_data_source(ctx, section, "calibration"),
-                    evaluation=_data_source(ctx, section, "evaluation"))
+                    evaluation=_data_source(ctx, section, "evaluation"),
+                    load_on_workers=_bool(ctx, section, "load_on_workers", "data.load_on_workers", False))
 
 
 def _metric(ctx: _Ctx, raw: Mapping[str, Any]) -> tuple[str, bool]:
@@ -553,13 +574,51 @@ def load_experiment(path: str | os.PathLike[str]) -> Experiment:
         workers=workers, pool=pool, threads_per_worker=threads, output=output, tracking_uri=tracking_uri,
         tracking_artifacts=tracking_artifacts, study_storage=study_storage, cost_target=cost_target,
         reuse_memory_mb=reuse_mb, metric_output=_metric_output(ctx, raw), qat=_qat(ctx, raw),
+        workflow=_workflow(ctx, raw), rounding=_rounding(ctx, raw),
     )
+
+
+def _rounding(ctx: _Ctx, raw: Mapping[str, Any]) -> Path | None:
+    """``rounding``: the folder ``sweeper adaround`` wrote (or its rounding.npz), relative to this file; every
+    step then stores the weights with its learned integers (read when the workspace is built)."""
+    value = raw.get("rounding")
+    if value is None:
+        return None
+    p = _local_path(ctx, _string(ctx, value, "rounding", "an adaround output folder or its rounding.npz"))
+    if not p.exists():
+        raise ctx.error("rounding", f"not found: {p} (relative paths are relative to {ctx.folder})")
+    return p
 
 
 def _metric_output(ctx: _Ctx, raw: Mapping[str, Any]) -> str | None:
     """The output the built-in metrics read; checked against the model when it is loaded."""
     value = raw.get("metric_output")
     return None if value is None else _string(ctx, value, "metric_output", "the name of a model output")
+
+
+def _workflow(ctx: _Ctx, raw: Mapping[str, Any]) -> WorkflowSpec:
+    """The ``workflow`` section (``sweeper run``)."""
+    value = raw.get("workflow")
+    if value is None:
+        return WorkflowSpec()
+    section = _mapping(ctx, value, "workflow", _WORKFLOW_KEYS)
+    budget = None
+    if section.get("latency_budget_ms") is not None:
+        budget = _number(ctx, section["latency_budget_ms"], "workflow.latency_budget_ms", "milliseconds > 0")
+        if budget <= 0:
+            raise ctx.error("workflow.latency_budget_ms", f"found {budget!r}: expected milliseconds > 0")
+    precs = {}
+    for key in ("adaround_precision", "qat_profile"):
+        if section.get(key) is not None:
+            text = _string(ctx, section[key], f"workflow.{key}", "a precision such as w4a8")
+            try:
+                precs[key] = Precision.parse(text).name
+            except ValueError as exc:
+                raise ctx.error(f"workflow.{key}", str(exc)) from None
+    return WorkflowSpec(latency_budget_ms=budget, adaround=_bool(ctx, section, "adaround", "workflow.adaround", False),
+                        adaround_iterations=_int(ctx, section, "adaround_iterations", "workflow.adaround_iterations",
+                                                 None, 1),
+                        qat=_bool(ctx, section, "qat", "workflow.qat", False), **precs)
 
 
 def _qat(ctx: _Ctx, raw: Mapping[str, Any]) -> QATSpec:

@@ -40,11 +40,16 @@ def experiment_schema() -> dict[str, Any]:
                                     "description": "pkg.module:factory returning (torch.nn.Module, example_input)"}},
                          description="exactly one of onnx or torch"),
                   "minProperties": 1, "maxProperties": 1},
-        "data": _obj({"calibration": DATA, "evaluation": DATA}, ("calibration", "evaluation")),
+        "data": _obj({"calibration": DATA, "evaluation": DATA, "load_on_workers": {
+            "type": "boolean", "default": False,
+            "description": "each worker calls the evaluation loader itself (data too large to hold twice)"}},
+            ("calibration", "evaluation")),
         "metric": {"anyOf": [{"enum": list(BUILTIN_METRICS)}, {"type": "string", "pattern": IMPORT_PATH}],
                    "description": "top1 | cosine | sqnr, or pkg.module:fn called as fn(run, data)"},
         "metric_output": {"type": "string", "description": "the model output the built-in metrics read "
                                                            "(default: the first)"},
+        "rounding": {"type": "string", "description": "AdaRound's learned weights: the adaround output folder or its "
+                                                      "rounding.npz (relative to this file)"},
         "higher_is_better": {"type": "boolean", "default": True},
         "batch_size": {"type": "integer", "minimum": 1, "default": cfg.DEFAULT_BATCH_SIZE},
         "target": _obj({"max_drop": {"type": "number", "minimum": 0,
@@ -77,6 +82,16 @@ def experiment_schema() -> dict[str, Any]:
                      "lr": {"type": "number", "exclusiveMinimum": 0, "default": cfg.QATSpec.lr},
                      "batch_size": {"type": "integer", "minimum": 1, "default": cfg.QATSpec.batch_size}},
                     description="quantization-aware training (sweeper qat)"),
+        "workflow": _obj({
+            "latency_budget_ms": {"type": "number", "exclusiveMinimum": 0,
+                                  "description": "Step 2 stops only when its profile is estimated this fast"},
+            "adaround": {"type": "boolean", "default": False,
+                         "description": "Step 4 (AdaRound) when the weights are the sensitive part"},
+            "adaround_precision": {"type": "string", "description": "default: the failing weight precision"},
+            "adaround_iterations": {"type": "integer", "minimum": 1},
+            "qat": {"type": "boolean", "default": False, "description": "Step 5 (QAT) for a PyTorch model"},
+            "qat_profile": {"type": "string", "description": "default: the cheapest candidate that failed Step 1"}},
+            description="how sweeper run walks the steps"),
     }
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sweeper experiment",
             **_obj(props, ("name", "model", "data", "metric", "target"))}

@@ -301,7 +301,7 @@ class _Builder:
         if enc.dtype == "float":
             return self._fp16(w, arr)
         c = _container(enc, self.wide_ok)
-        q = enc.quantize(arr)  # already within the encoding's grid: no Clip needed for weights
+        q = self.table.weight_integers(w, enc)  # already within the encoding's grid: no Clip needed for weights
         attrs = {}
         if enc.axis is not None and arr.ndim > 0:
             scale = np.asarray(enc.scale, np.float32).ravel()

@@ -1,5 +1,6 @@
-"""Batch evaluation of many models: Step 1 for each experiment file over one shared Ray runtime; one
-model failing does not stop the others, and its error is reported in the summary."""
+"""Batch runs of many models: the whole workflow (``sweeper run``, :mod:`sweeper.search.workflow`) for each
+experiment file over one shared Ray runtime; one model failing does not stop the others, and its error is
+reported in the summary."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ class BatchRow:
     experiment: str
     file: str
     fp32_metric: float | None = None
-    chosen: str | None = None
+    chosen: str | None = None  # the accepted profile
+    step: str | None = None  # the step that produced it
+    stopped_at: str | None = None
     metric: float | None = None
     drop: float | None = None
+    bops_ratio: float | None = None
     est_latency_ms: float | None = None
-    size_mb: float | None = None
     error: str | None = None
 
 
@@ -41,47 +44,45 @@ def experiment_files(paths: list[str]) -> list[Path]:
 
 def run_batch(files: list[Path], *, pool_kind: str | None, workers: int | None, address: str | None,
               tracking: bool, output: Path | None = None) -> list[BatchRow]:
+    """The workflow on every experiment file, one after the other, their workers on one Ray runtime."""
     from sweeper.cluster.pool import ray_runtime
-    from sweeper.config.experiment import load_experiment
-    from sweeper.pipeline import Workspace
-    from sweeper.search.baseline import run_baseline
-    from sweeper.tracking.tracker import Tracker
 
     rows: list[BatchRow] = []
     with ray_runtime(address) if pool_kind != "local" else _nullcontext():
         for f in files:
-            row = BatchRow(experiment=f.stem, file=str(f))
-            ws = None
-            pool = None
-            try:
-                exp = load_experiment(f)
-                row.experiment = exp.name
-                if output is not None:
-                    exp = exp.__class__(**{**exp.__dict__, "output": output / exp.name})
-                ws = Workspace(exp)
-                pool = ws.pool(pool_kind, workers)
-                tracker = Tracker(exp.name, exp.tracking_uri) if tracking else None
-                rep = run_baseline(ws, pool, tracker)
-                row.fp32_metric = rep.fp32_metric
-                row.chosen = rep.chosen
-                chosen = next((r for r in rep.rows if r.name == rep.chosen), None)
-                if chosen is not None:
-                    row.metric, row.drop = chosen.metric, chosen.drop
-                    row.est_latency_ms, row.size_mb = chosen.est_latency_ms, chosen.size_mb
-            except SweeperError as exc:
-                row.error = str(exc)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one model failing must not stop the others
-                last = traceback.extract_tb(exc.__traceback__)[-1]
-                row.error = f"{type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})"
-            finally:
-                if pool is not None:
-                    pool.close()
-                if ws is not None:
-                    ws.close()
-            rows.append(row)
+            rows.append(_run_one(f, pool_kind, workers, address, tracking, output))
     return rows
+
+
+def _run_one(f: Path, pool_kind: str | None, workers: int | None, address: str | None, tracking: bool,
+             output: Path | None) -> BatchRow:
+    """One model's workflow as a summary row (its error in the row, not raised)."""
+    import dataclasses
+
+    from sweeper.api import Session
+    from sweeper.config.experiment import load_experiment
+
+    row = BatchRow(experiment=f.stem, file=str(f))
+    try:
+        exp = load_experiment(f)
+        row.experiment = exp.name
+        if output is not None:
+            exp = dataclasses.replace(exp, output=output / exp.name)
+        with Session(exp, tracking=tracking, pool=pool_kind, workers=workers, address=address) as s:
+            rep = s.run()
+            row.fp32_metric, row.stopped_at = s.ws.fp32_metric, rep.stopped_at
+            a = rep.accepted
+            if a is not None:
+                row.chosen, row.step, row.metric, row.drop = a.profile, a.step, a.metric, a.drop
+                row.bops_ratio, row.est_latency_ms = a.bops_ratio, a.est_latency_ms
+    except SweeperError as exc:
+        row.error = str(exc)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one model failing must not stop the others
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        row.error = f"{type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})"
+    return row
 
 
 class _nullcontext:
@@ -93,15 +94,17 @@ class _nullcontext:
 
 
 def format_summary(rows: list[BatchRow]) -> str:
-    head = f"{'model':<16} {'fp32':>8} {'chosen':>8} {'metric':>8} {'drop':>8} {'est ms':>9} {'size MB':>8}  error"
+    head = (f"{'model':<16} {'fp32':>8} {'accepted':>24} {'from step':>16} {'metric':>8} {'drop':>8} "
+            f"{'BOPs x':>7} {'est ms':>9}  error")
     lines = [head, "-" * len(head)]
 
     def f(v: float | None, fmt: str) -> str:
         return format(v, fmt) if v is not None else "-"
 
     for r in rows:
-        lines.append(f"{r.experiment:<16} {f(r.fp32_metric, '8.4f')} {r.chosen or '-':>8} {f(r.metric, '8.4f')} "
-                     f"{f(r.drop, '8.4f')} {f(r.est_latency_ms, '9.4f')} {f(r.size_mb, '8.3f')}  {r.error or ''}")
+        lines.append(f"{r.experiment:<16} {f(r.fp32_metric, '8.4f')} {(r.chosen or '-')[:24]:>24} "
+                     f"{(r.step or '-')[:16]:>16} {f(r.metric, '8.4f')} {f(r.drop, '8.4f')} "
+                     f"{f(r.bops_ratio, '7.3f')} {f(r.est_latency_ms, '9.4f')}  {r.error or ''}")
     return "\n".join(lines)
 
 

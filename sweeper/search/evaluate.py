@@ -91,6 +91,7 @@ class Sweep:
             if parent != self.study.parent_run_id:
                 self.study.set_parent_run_id(parent)
         self.results: dict[str, Evaluated] = {}
+        self.peak_rss_mb: dict[str, float] = {}  # worker -> peak resident memory (MB) seen in its answers
         self._logger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-log")
         self._futures: list[Future[Evaluated]] = []
 
@@ -157,6 +158,8 @@ class Sweep:
         return self._submit(ev, profile, None)
 
     def _fresh(self, name: str, res: Result) -> Evaluated:
+        if res.worker:
+            self.peak_rss_mb[res.worker] = max(self.peak_rss_mb.get(res.worker, 0.0), round(res.peak_rss_mb, 1))
         self.done[res.profile.key] = {"metric": res.metric, "eval_seconds": res.eval_seconds}
         self.ws.evaluated[res.profile.key] = self.done[res.profile.key]
         ev = self._evaluated(name, res.profile, res.metric, res.eval_seconds, False)
@@ -221,8 +224,7 @@ class Sweep:
                     produced = True
                     while ready:
                         yield ready.pop(0)
-                    _, metric, secs, worker, node, _ = out
-                    ev = self._fresh(name, Result(p, metric, secs, worker, node))
+                    ev = self._fresh(name, Result(p, out.metric, out.seconds, out.worker, out.node, out.peak_rss_mb))
                     if bar is not None:
                         bar.update(1)
                     yield ev, p

@@ -144,6 +144,7 @@ def run_step(step: Step, ws: Workspace, pool: Any, tracker: Tracker | None, fres
                       fresh=fresh, export=step.export_each)
         _drive(step, sweep, pool)
         result = step.finish(StepContext(ws, sweep, pool, out.path, out.final))
+        result.doc.update(_worker_figures(sweep, pool))
         for name, ev in sweep.results.items():  # the records the API returns point at the final folder
             sweep.results[name] = _relocate(ev, str(out.path), str(out.final))
         result.doc = _final_paths(result.doc, str(out.path), str(out.final))
@@ -159,6 +160,19 @@ def run_step(step: Step, ws: Workspace, pool: Any, tracker: Tracker | None, fres
     else:
         result.value = _final_paths(result.value, str(out.path), str(final))
     return result
+
+
+def _worker_figures(sweep: Sweep, pool: Any) -> dict[str, Any]:
+    """What the step's workers cost, for reading ratios from any run: one FP32 evaluation timed like every
+    profile's ``eval_seconds`` (a worker of this pool, its threads, the same data and metric) and each
+    worker's peak resident memory. Nothing when no worker started (every profile came from the study)."""
+    if getattr(pool, "pool", None) is None or not sweep.peak_rss_mb:
+        return {}
+    try:
+        (_, (_metric, seconds)), = pool.map_calls("fp32_eval", [()])
+    except Exception:  # noqa: BLE001 - a figure, not a result: the step's results stand without it
+        return {"worker_peak_rss_mb": dict(sweep.peak_rss_mb)}
+    return {"fp32_eval_seconds": round(float(seconds), 4), "worker_peak_rss_mb": dict(sweep.peak_rss_mb)}
 
 
 def _relocate(ev: Evaluated, staging: str, final: str) -> Evaluated:

@@ -44,6 +44,7 @@ class EncodingTable:
         self._loaded_act: dict[tuple[str, int], Encoding] = {}
         self._weight: dict[tuple[str, int], Encoding] = {}
         self._bias: dict[tuple[str, bytes], BiasEncoding] = {}
+        self.rounding: dict[tuple[str, int], np.ndarray] = {}  # learned integers (AdaRound) per (weight, bits)
         self.group_of = graph.group_of()
 
     # quantizers the simulation keeps in float whatever the precision (masks without a real range)
@@ -85,6 +86,23 @@ class EncodingTable:
 
     def set_weight(self, name: str, enc: Encoding) -> None:
         self._weight[(name, enc.bitwidth)] = enc
+
+    def set_rounding(self, name: str, bits: int, q: np.ndarray) -> None:
+        """Use the integers ``q`` (e.g. AdaRound's learned rounding) for weight ``name`` at ``bits`` instead of
+        rounding to nearest; the encoding stays. The simulation and the exporter both read them here."""
+        enc = self.weight(name, bits)
+        q = np.asarray(q, np.int64)
+        if q.shape != self.graph.weight_array(name).shape:
+            raise ValueError(f"rounding for {name!r}: shape {q.shape}, the weight is {self.graph.weight_array(name).shape}")
+        if q.min(initial=enc.qmin) < enc.qmin or q.max(initial=enc.qmax) > enc.qmax:
+            raise ValueError(f"rounding for {name!r} leaves the {bits}-bit grid [{enc.qmin}, {enc.qmax}]")
+        self.rounding[(name, bits)] = q
+
+    def weight_integers(self, name: str, enc: Encoding) -> np.ndarray:
+        """The integers weight ``name`` is stored as under the integer encoding ``enc``: the learned rounding
+        when one is set for its bit width, else QuantizeLinear's round to nearest."""
+        q = self.rounding.get((name, enc.bitwidth))
+        return q if q is not None else enc.quantize(self.graph.weight_array(name).astype(np.float32))
 
     # -- per profile ----------------------------------------------------------------------------
     def act_encoding(self, tensor: str, prec: Precision) -> Encoding | None:
@@ -177,7 +195,7 @@ class EncodingTable:
         enc = self.weight_encoding(weight, prec)
         if enc is None:
             return w
-        return fp16_round_trip(w) if enc.dtype == "float" else enc.fake_quantize(w)
+        return fp16_round_trip(w) if enc.dtype == "float" else enc.dequantize(self.weight_integers(weight, enc))
 
     def to_aimet(self, profile: Profile) -> dict[str, object]:
         """AIMET 1.0.0 encodings of ``profile``."""

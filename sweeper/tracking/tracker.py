@@ -125,6 +125,7 @@ class Tracker:
         self.experiment_id = exp.experiment_id
         self.client = client
         self.parent_id: str | None = None
+        self.workflow_id: str | None = None  # the workflow's run (sweeper run): every step's run nests in it
         self.logged: dict[str, str] = {}
         self.step_params: dict[str, Any] = {}
 
@@ -142,13 +143,41 @@ class Tracker:
                 self.client.update_run(resume_run_id, status="RUNNING")
                 self.logged = self.child_runs()
                 return resume_run_id
-        run = self.client.create_run(self.experiment_id, run_name=step,
-                                     tags={"sweeper.step": step, "sweeper.version": sweeper.__version__})
+        tags = {"sweeper.step": step, "sweeper.version": sweeper.__version__}
+        if self.workflow_id:
+            tags["mlflow.parentRunId"] = self.workflow_id
+        run = self.client.create_run(self.experiment_id, run_name=step, tags=tags)
         self.parent_id = run.info.run_id
         from mlflow.entities import Param
 
         self.client.log_batch(self.parent_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return self.parent_id
+
+    def start_workflow(self, params: Mapping[str, Any]) -> str:
+        """The run of a whole workflow (``sweeper run``): the steps' runs started afterwards are its children."""
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id, run_name="workflow",
+                                     tags={"sweeper.step": "workflow", "sweeper.version": sweeper.__version__})
+        self.workflow_id = run.info.run_id
+        self.client.log_batch(self.workflow_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        return self.workflow_id
+
+    def end_workflow(self, metrics: Mapping[str, float], tags: Mapping[str, str], note: str,
+                     artifacts: list[Path], failed: bool = False) -> None:
+        """Close the workflow's run with its summary: the accepted profile's figures, which step produced it."""
+        if not self.workflow_id:
+            return
+        from mlflow.entities import Metric
+
+        run_id, self.workflow_id = self.workflow_id, None
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        for k, v in {**tags, "mlflow.note.content": note}.items():
+            self.client.set_tag(run_id, k, v)
+        for a in artifacts:
+            self.client.log_artifact(run_id, str(a))
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
     def child_runs(self) -> dict[str, str]:
         """profile hash -> run id of the child runs already logged under the current step."""

@@ -19,7 +19,7 @@ def test_schema_keys_are_the_validators_keys() -> None:
     assert set(props) == set(cfg._TOP_KEYS)
     for key, section in [("model", cfg._MODEL_KEYS), ("data", cfg._DATA_KEYS), ("target", cfg._TARGET_KEYS),
                          ("calibration", cfg._CALIBRATION_KEYS), ("tracking", cfg._TRACKING_KEYS),
-                         ("study", cfg._STUDY_KEYS), ("cost", cfg._COST_KEYS)]:
+                         ("study", cfg._STUDY_KEYS), ("cost", cfg._COST_KEYS), ("workflow", cfg._WORKFLOW_KEYS)]:
         assert set(props[key]["properties"]) == set(section), key
 
 

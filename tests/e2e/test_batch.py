@@ -1,4 +1,5 @@
-"""`sweeper batch`: two real models over one Ray runtime, plus one broken experiment that must not stop them."""
+"""`sweeper batch`: the workflow on two models over one Ray runtime, plus one broken experiment that must not
+stop them."""
 
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ target:
     assert set(rows) == {"mnist_cnn", "tiny_cnn", "broken"}
     assert rows["mnist_cnn"]["chosen"] and rows["mnist_cnn"]["fp32_metric"] == pytest.approx(1449 / 1541)
     assert rows["tiny_cnn"]["chosen"] == "w8a8" and rows["tiny_cnn"]["metric"] > 0.99
+    assert rows["tiny_cnn"]["stopped_at"] == "baseline"  # its cheapest candidate passes: rule 1 stops there
+    # the example's cheapest candidate (w2a8) misses: the workflow goes on to Step 2 (LiteMP) at least
+    assert rows["mnist_cnn"]["stopped_at"] in ("litemp", "amp") and rows["mnist_cnn"]["drop"] <= 0.005
+    flow = json.loads((tmp_path / "out" / "mnist_cnn" / "workflow.json").read_text())
+    assert [o["step"] for o in flow["steps"]][:2] == ["baseline", "litemp"]
     assert rows["broken"]["error"] and "labels missing" in rows["broken"]["error"]
     assert "mnist_cnn" in res.stdout and "tiny_cnn" in res.stdout and "labels missing" in res.stdout
     assert (tmp_path / "out" / "mnist_cnn" / "baseline" / "results.json").is_file()

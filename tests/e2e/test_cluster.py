@@ -242,15 +242,15 @@ def test_evaluations_ran_on_both_nodes(cluster_run: dict[str, Any]) -> None:
     per_node = {n: sorted(r.info.run_name for r in children if r.data.tags.get("sweeper.node") == n)
                 for n in node_ids}
     assert all(per_node.values()) and sum(map(len, per_node.values())) == len(CANDIDATES), per_node
-    # 2. what the GCS placed: the two SimWorker actors, one on each node
-    workers = [a for a in cluster_run["actors"] if a["cls"] == "_RaySimWorker"]
+    # 2. what the GCS placed: the two RayWorker actors, one on each node
+    workers = [a for a in cluster_run["actors"] if a["cls"] == "RayWorker"]
     assert len(workers) == 2 and {a["node"] for a in workers} == node_ids, cluster_run["actors"]
     # 3. on disk: each actor's process was started by its own node's raylet (its own --temp-dir)
     dirs = cluster_run["dirs"]
     for a in workers:
         mine, other = dirs[a["node"]], next(d for n, d in dirs.items() if n != a["node"])
         logs = list(mine.glob(f"session_*/logs/worker-*-{a['pid']}.out"))
-        assert logs and ":actor_name:_RaySimWorker" in logs[0].read_text(), (a, sorted(mine.glob("session_*/logs/*")))
+        assert logs and ":actor_name:RayWorker" in logs[0].read_text(), (a, sorted(mine.glob("session_*/logs/*")))
         assert not list(other.glob(f"session_*/logs/worker-*-{a['pid']}.out"))
 
 

@@ -1,4 +1,6 @@
-"""`sweeper run` (the README's first command): Step 1 then greedy AMP on one pool, with a recommendation."""
+"""`sweeper run` (the README's first command) on the example: the workflow walks the steps and stops at the
+right one, prepares once, and evaluates each profile once across steps. The rules' every branch is tested
+in tests/search/test_workflow_rules.py; here the branches the example reaches, end to end."""
 
 from __future__ import annotations
 
@@ -13,16 +15,53 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
-def test_run_prints_step1_and_recommends_a_profile(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "sweeper", "run", str(ROOT / "experiments" / "mnist_cnn.yaml"),
-                          "--output", str(tmp_path / "out"), "--no-tracking"],
+def _run(tmp_path: Path, *extra: str, experiment: Path | None = None) -> subprocess.CompletedProcess[str]:
+    exp = experiment or ROOT / "experiments" / "mnist_cnn.yaml"
+    res = subprocess.run([sys.executable, "-m", "sweeper", "run", str(exp), "--output", str(tmp_path / "out"),
+                          "--no-tracking", "--pool", "local", *extra],
                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "Step 1 - baseline precision" in res.stdout and "Step 3 - AMP" in res.stdout
-    assert "recommended:" in res.stdout
-    base = json.loads((tmp_path / "out" / "baseline" / "results.json").read_text())
-    amp = json.loads((tmp_path / "out" / "amp" / "results.json").read_text())
+    return res
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_run_stops_at_litemp_on_the_example(tmp_path: Path) -> None:
+    res = _run(tmp_path)
+    out = tmp_path / "out"
+    assert "Step 1 - baseline precision" in res.stdout and "Step 2 - LiteMP" in res.stdout
+    assert "Step 3" not in res.stdout and "recommended:" in res.stdout
+    assert res.stderr.count("preparing mnist_cnn") == 1  # one Workspace for every step
+    flow, base, lite = _json(out / "workflow.json"), _json(out / "baseline" / "results.json"), \
+        _json(out / "litemp" / "results.json")
+    # rule 1: the cheapest candidate (w2a8) misses, so Step 2 runs from it towards Step 1's pick
+    assert not next(r for r in base["results"] if r["name"] == "w2a8")["meets_target"]
+    assert flow["stopped_at"] == "litemp" and lite["base"] == "w2a8" and lite["high"] == base["chosen"]
+    acc = flow["accepted"]
     chosen = next(r for r in base["results"] if r["name"] == base["chosen"])
-    assert amp["accepted"]["drop"] <= 0.005
+    assert acc["step"] == "litemp" and acc["drop"] <= 0.005 and acc["bops_ratio"] < chosen["bops_ratio"]
+    assert Path(acc["onnx"]).is_file()
+    # each profile evaluated once per workflow: LiteMP's k = 0 point is Step 1's w2a8, taken from it
+    k0 = next(p for p in lite["points"] if p["k"] == 0)
+    w2a8 = next(r for r in base["results"] if r["name"] == "w2a8")
+    assert k0["profile_key"] == w2a8["profile_key"] and k0["resumed"] and not w2a8["resumed"]
+    assert k0["metric"] == w2a8["metric"]
+    assert base["fp32_eval_seconds"] > 0 and all(v > 0 for v in base["worker_peak_rss_mb"].values())
+
+
+def test_run_goes_on_to_amp_when_litemp_is_over_the_latency_budget(tmp_path: Path) -> None:
+    res = _run(tmp_path, "--latency-budget", "1e-9")
+    out = tmp_path / "out"
+    assert "Step 3 - AMP" in res.stdout and "recommended:" in res.stdout
+    flow = _json(out / "workflow.json")
+    assert flow["stopped_at"] == "amp" and [s["step"] for s in flow["steps"]] == ["baseline", "litemp", "amp"]
+    amp = _json(out / "amp" / "results.json")
+    assert amp["accepted"]["drop"] <= 0.005 and Path(amp["accepted"]["onnx"]).is_file()
+    base = _json(out / "baseline" / "results.json")
+    chosen = next(r for r in base["results"] if r["name"] == base["chosen"])
     assert amp["accepted"]["bops_ratio"] <= chosen["bops_ratio"]  # AMP never does worse than Step 1's pick
-    assert Path(amp["accepted"]["onnx"]).is_file()
+    # nothing is estimated within 1e-9 ms: the accepted one is the cheapest passing profile of any step
+    cheapest = min((s for s in flow["steps"] if s["profile"]), key=lambda s: s["bops_ratio"])
+    assert flow["accepted"]["step"] == cheapest["step"]
