@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from sweeper.errors import SweeperError
 from sweeper.model.graph import ModelGraph
 from sweeper.quant.encoding import Encoding
 from sweeper.quant.precision import Precision
@@ -707,5 +708,44 @@ def adaround(graph: ModelGraph, table: Any, prec: Precision, data: Any, cfg: Ada
     return AdaRoundResult(prec.name, rounding, results, skipped, time.perf_counter() - t0)
 
 
-__all__ = ["ActivationStore", "AdaRoundConfig", "AdaRoundResult", "GridQuantizer", "Layer", "LayerResult",
-           "adaround", "find_layers", "layer_forward", "optimize_rounding", "reconstruction_error"]
+# -- the result on disk ---------------------------------------------------------------------------------
+ROUNDING_FILE = "rounding.npz"
+
+
+def save_rounding(path: Path, rounding: dict[tuple[str, int], np.ndarray], kept: str, precision: str) -> None:
+    """The learned integers per (weight, bits), with which rounding the step kept and at what precision."""
+    keys = sorted(rounding)
+    arrays = {f"q{i}": rounding[k] for i, k in enumerate(keys)}
+    np.savez_compressed(path, names=np.array([k[0] for k in keys], dtype=str),
+                        bits=np.array([k[1] for k in keys], np.int64), kept=np.array(kept),
+                        precision=np.array(precision), **arrays)
+
+
+def load_rounding(path: str | Path, learned: bool = False, graph: ModelGraph | None = None
+                  ) -> dict[tuple[str, int], np.ndarray]:
+    """The integers to store the weights as after an AdaRound step: ``path`` is its folder or its
+    ``rounding.npz``. Empty when the step kept rounding to nearest (nothing to set), unless ``learned``,
+    which returns what AdaRound learned either way. With ``graph``, every weight must be one of its weights,
+    of the same shape. Problems are :class:`~sweeper.errors.SweeperError` naming the file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / ROUNDING_FILE
+    if not p.is_file():
+        raise SweeperError(str(path), f"no AdaRound rounding here: expected {ROUNDING_FILE} or the adaround folder "
+                                      "that holds it (written by `sweeper adaround`)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            names, bits, kept = list(z["names"]), list(z["bits"]), str(z["kept"])
+            out = {(str(n), int(b)): z[f"q{i}"].astype(np.int64) for i, (n, b) in enumerate(zip(names, bits, strict=True))}
+    except (KeyError, ValueError, OSError) as exc:
+        raise SweeperError(str(p), f"not an AdaRound rounding file ({exc})") from None
+    for (name, _), q in out.items() if graph is not None else ():
+        if name not in graph.weight_quantizers or graph.weight_array(name).shape != q.shape:
+            raise SweeperError(str(p), f"weight {name!r} {q.shape} is not a weight of this model (AdaRound ran on "
+                                       "another model or preparation): run `sweeper adaround` on this one")
+    return out if learned or kept == "adaround" else {}
+
+
+__all__ = ["ROUNDING_FILE", "ActivationStore", "AdaRoundConfig", "AdaRoundResult", "GridQuantizer", "Layer", "LayerResult",
+           "adaround", "find_layers", "layer_forward", "load_rounding", "optimize_rounding", "reconstruction_error",
+           "save_rounding"]

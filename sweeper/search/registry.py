@@ -181,6 +181,20 @@ def _qat_report(s: Any, rep: Any) -> str:
     return format_qat(rep.doc, s.ws.exp.metric)
 
 
+# -- adaround -----------------------------------------------------------------------------------------
+def _adaround_args(sp: argparse.ArgumentParser) -> None:
+    from sweeper.cli import _whole
+
+    sp.add_argument("--precision", default="w4a8", help="uniform precision to AdaRound (default w4a8)")
+    sp.add_argument("--iterations", type=_whole(1), default=1000, help="optimisation steps per layer (default 1000)")
+
+
+def _adaround_report(s: Any, doc: Any) -> str:
+    from sweeper.search.adaround import format_adaround
+
+    return f"\nStep 4 - AdaRound: {s.ws.exp.name}\n{format_adaround(doc)}\nresults: {s.exp.output / 'adaround'}"
+
+
 STEPS: dict[str, StepCommand] = {
     "baseline": StepCommand("baseline", "Step 1: simulate every candidate precision", lambda sp: None,
                             lambda s, a: s.baseline(fresh=a.fresh), _baseline_report),
@@ -191,6 +205,10 @@ STEPS: dict[str, StepCommand] = {
                           _litemp_args, _litemp_run, _litemp_report),
     "amp": StepCommand("amp", "Step 3: automatic mixed precision (greedy, Optuna, or both)", _amp_args, _amp_run,
                        _amp_report),
+    "adaround": StepCommand("adaround", "Step 4: AdaRound (learned weight rounding) at one precision, kept when it "
+                                        "evaluates better", _adaround_args,
+                            lambda s, a: s.adaround(precision_arg(a.precision, "--precision"), a.iterations,
+                                                    fresh=a.fresh), _adaround_report),
     "qat": StepCommand("qat", "Step 5: quantization-aware training of a profile, exported as QDQ", _qat_args,
                        lambda s, a: s.qat(a.profile, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, fresh=a.fresh),
                        _qat_report),

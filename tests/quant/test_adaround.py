@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from sweeper.errors import SweeperError
 from sweeper.eval.data import Dataset
 from sweeper.quant.adaround import (
     ActivationStore,
@@ -270,3 +273,34 @@ def test_layer_in_pytorch_is_the_onnx_op(name: str) -> None:
     fwd = layer_forward(graph, table, layer, FP32)
     got = fwd(torch.from_numpy(x), torch.from_numpy(graph.weight_array(layer.weight).copy())).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_step_keeps_the_better_and_later_steps_use_it(tmp_path) -> None:  # noqa: ANN001
+    """The Step on a tiny experiment (local pool): both metrics, the kept one, its files, and the experiment's
+    ``rounding`` key that makes a new workspace store the weights with the learned integers."""
+    import json
+
+    from sweeper.api import Session
+    from sweeper.quant.adaround import load_rounding
+    from sweeper.search.step import PoolNeeds
+    from tests.conftest import write_experiment
+
+    exp = write_experiment(tmp_path, cnn_model(), cnn_data(64), metric="sqnr", candidates="[w8a8, w4a8]")
+    with Session(exp, tracking=False) as s:
+        doc = s.adaround("w2a8", iterations=120)
+    assert json.loads((tmp_path / "out" / "adaround" / "results.json").read_text()) == doc
+    assert doc["metric_after"] > doc["metric_before"] and doc["kept"] == "adaround"  # SQNR (dB) at 2 bits
+    assert doc["metric"] == doc["metric_after"] and doc["onnx"].endswith("adaround.onnx")
+    assert all(Path(doc[k]).is_file() for k in ("onnx", "encodings", "rounding"))
+    learned = load_rounding(tmp_path / "out" / "adaround")
+    assert learned and {b for _, b in learned} == {2}
+
+    rounded = tmp_path / "rounded.yaml"
+    rounded.write_text(exp.read_text().replace(f"output: {tmp_path / 'out'}", f"output: {tmp_path / 'out2'}")
+                       + "rounding: out/adaround\n")  # relative to the experiment file
+    with Session(rounded, tracking=False) as s:
+        assert s.ws.table.rounding.keys() == learned.keys()
+        res = next(iter(s.pool(PoolNeeds(("w2a8",))).map_unordered([uniform(s.ws.graph, "w2a8")])))
+        assert res.metric == pytest.approx(doc["metric_after"])  # the workers simulate the learned integers
+        with pytest.raises(SweeperError, match="already stores"):
+            s.adaround("w2a8", iterations=10)
