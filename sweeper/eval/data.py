@@ -29,46 +29,32 @@ Dim = int | str | None
 InputSpecs = Mapping[str, tuple[tuple[Dim, ...] | None, Any]]
 
 
-def load_data(spec: str, where: str) -> dict[str, np.ndarray]:
-    """Arrays of a ``.npz`` file or of a ``pkg.module:function`` loader returning a dict of arrays (the
-    batched layout; :func:`load_dataset` accepts feed lists too)."""
-    if spec.lower().endswith(".npz"):
-        path = Path(spec)
-        if not path.is_file():
-            raise SweeperError(where, f"data file not found: {spec}")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {key: np.asarray(npz[key]) for key in npz.files}
-        except Exception as exc:  # noqa: BLE001 - any failure is the user's file
-            raise SweeperError(where, f"cannot read {spec} as .npz ({type(exc).__name__}: {exc})") from None
-        if not arrays:
-            raise SweeperError(where, f"{spec} holds no arrays: expected one array per model input")
-        return arrays
-
-    from sweeper.model.intake import resolve_callable
-
-    loader = resolve_callable(spec, where)
+def _read_npz(spec: str, where: str) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npz`` file (one per model input, plus optional labels)."""
+    path = Path(spec)
+    if not path.is_file():
+        raise SweeperError(where, f"data file not found: {spec}")
     try:
-        made = loader()
-    except SweeperError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure is the user's loader
-        raise SweeperError(where, f"{spec}() failed: {type(exc).__name__}: {exc}") from None
-    if not isinstance(made, Mapping) or not made:
-        raise SweeperError(where, f"{spec}() returned {type(made).__name__}: expected a non-empty dict "
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: np.asarray(npz[key]) for key in npz.files}
+    except Exception as exc:  # noqa: BLE001 - any failure is the user's file
+        raise SweeperError(where, f"cannot read {spec} as .npz ({type(exc).__name__}: {exc})") from None
+    if not arrays:
+        raise SweeperError(where, f"{spec} holds no arrays: expected one array per model input")
+    return arrays
+
+
+def load_data(spec: str, where: str) -> dict[str, np.ndarray]:
+    """Arrays of a ``.npz`` file or of a ``pkg.module:function`` loader returning a dict of arrays: the
+    batched layout only (:func:`load_dataset`, which this is a view of, accepts feed lists too)."""
+    raw, ds = load_dataset(spec, where, opaque_ok=True)
+    if ds is None or ds.arrays is None:
+        raise SweeperError(where, f"{spec}() returned {type(raw).__name__}: expected a non-empty dict "
                                   "of arrays keyed by model input name (plus optional 'labels')")
-    data: dict[str, np.ndarray] = {}
-    for key, value in made.items():
+    for key in ds.arrays:
         if not isinstance(key, str):
             raise SweeperError(where, f"{spec}() returned a key {key!r}: expected string keys (input names)")
-        try:
-            arr = np.asarray(value)
-        except Exception as exc:  # noqa: BLE001
-            raise SweeperError(where, f"{spec}()[{key!r}] is not an array ({type(exc).__name__})") from None
-        if arr.dtype == object:
-            raise SweeperError(where, f"{spec}()[{key!r}] has dtype object: expected a numeric array")
-        data[key] = arr
-    return data
+    return dict(ds.arrays)
 
 
 def _show_shape(shape: tuple[Dim, ...]) -> str:
@@ -225,7 +211,7 @@ def load_dataset(spec: Any, where: str, opaque_ok: bool = False) -> tuple[Any, D
     an iterable of feed dicts or a callable returning one of those. ``dataset`` is None only for data only a
     user metric reads (``opaque_ok``)."""
     if isinstance(spec, str) and spec.lower().endswith(".npz"):
-        arrays = load_data(spec, where)
+        arrays = _read_npz(spec, where)
         return arrays, Dataset(arrays, arrays=arrays)
     if isinstance(spec, str):
         from sweeper.model.intake import resolve_callable
