@@ -6,18 +6,20 @@
   builds the Pareto list by lowering groups in that order, and searches it for the lowest-cost entry that
   meets ``FP32 - max_drop``, evaluating entries lazily (a parallel k-ary search: one probe per worker).
 * ``fast``: the same Pareto-list search without phase 1's groups x candidates evaluations. Pairs are ranked
-  by the quantization noise they add (NSR of the group's weights and input activations, from one FP32 run on
-  a few calibration samples: :func:`~sweeper.search.analyzer.quantization_noise`) per cost saved, each
-  group walking down its lower convex hull; full evaluations then search that list (k-ary, one probe per
-  worker and round), a few repair rounds try further moves on the answer, and the uniform candidates
-  cheaper than the answer are evaluated last. About log(groups x candidates) rounds instead of
-  groups x candidates evaluations; every answer is a full evaluation.
+  by the quantization noise they add (NSR of the group's weights, weighted by the power of the inputs they
+  multiply, and of its input activations, from one FP32 run on a few calibration samples:
+  :func:`~sweeper.search.analyzer.quantization_noise`) per cost saved, each group walking down its lower
+  convex hull; full evaluations then search that list (k-ary, one probe per worker and round, until the
+  answer could get at most 2 % cheaper), optional repair rounds try further moves on the answer, and the
+  uniform candidates cheaper than the answer are evaluated last unless a failing profile dominates them.
+  About log(list length) rounds instead of groups x candidates evaluations; every answer is a full evaluation.
 * ``optuna``: one categorical parameter per group; NSGA-II on (metric, cost) or TPE on cost with the
   accuracy threshold as a constraint; seeded with the greedy Pareto points; asynchronous ask/tell over the
   worker pool; budget by trials and/or time; resumable from its storage.
 
-Uniform candidates are always evaluated too, so the answer is never costlier than the cheapest uniform
-candidate that passes.
+Greedy and Optuna evaluate every uniform candidate too, fast those cheaper than its answer, so the answer is
+never costlier than the cheapest uniform candidate that passes (for fast: by the same monotony its list
+search assumes, when a failing profile already gives every group at least that candidate's precision).
 """
 
 from __future__ import annotations
@@ -190,6 +192,20 @@ class GreedyAMP:
                 "accepted": acc.label() if acc else None}
 
 
+def pair_savings(ws: Workspace, cost_name: str, cost: Callable[[Profile], float], base: Profile,
+                 candidates: list[Precision]) -> dict[tuple[str, str], float]:
+    """``(group, candidate name) -> cost saved`` by setting only that group of ``base`` to the candidate. BOPs
+    directly from the groups' MACs (the same sum as :func:`~sweeper.cost.bops.profile_cost`, without a
+    profile per pair: hundreds of groups x candidates profiles cost seconds); other costs by evaluating them."""
+    groups = ws.graph.groups
+    if cost_name == "bops":
+        ref = sum(g.macs for g in groups) * 64.0
+        return {(g.name, c.name): g.macs * (base[g.name].bops_factor - c.bops_factor) / ref if ref else 0.0
+                for g in groups for c in candidates}
+    base_cost = cost(base)
+    return {(g.name, c.name): base_cost - cost(base.with_groups({g.name: c})) for g in groups for c in candidates}
+
+
 def at_least(p: Precision, q: Precision) -> bool:
     """Whether ``p`` is at least as precise as ``q`` on both sides (float16 counts as 16 bits, FP32 as 32)."""
     return p.weight_bits >= q.weight_bits and p.act_bits >= q.act_bits and (p.is_float or not q.is_float)
@@ -226,8 +242,8 @@ class FastAMP:
     uniform candidates cheaper than the answer are evaluated last (never a costlier answer than they give)."""
 
     def __init__(self, ws: Workspace, candidates: list[Precision], cost: Callable[[Profile], float],
-                 workers: int, repair_rounds: int = 0, cost_tolerance: float = 0.02) -> None:
-        self.ws, self.candidates, self.cost = ws, candidates, cost
+                 workers: int, repair_rounds: int = 0, cost_tolerance: float = 0.02, cost_name: str = "") -> None:
+        self.ws, self.candidates, self.cost, self.cost_name = ws, candidates, cost, cost_name
         self.groups = [g.name for g in ws.graph.groups]
         self.baseline = max(candidates, key=lambda p: (p.bops_factor, p.is_float))
         self.base_profile = Profile.uniform(self.groups, self.baseline)
@@ -236,6 +252,8 @@ class FastAMP:
         self.cost_tolerance = cost_tolerance  # relative: stop once the answer can get at most this much cheaper
         self.stopped_within_tolerance = False
         self.pareto_list: list[Profile] = []
+        self.list_costs: list[float] = []
+        self._keys: list[str] = []
         self.moves: list[tuple[str, Precision, float]] = []  # the move that made entry i + 1
         self.noise_seconds = 0.0
         self.repairs: list[dict[str, Any]] = []
@@ -251,24 +269,27 @@ class FastAMP:
         t0 = time.perf_counter()
         noise = quantization_noise(self.ws, self.candidates)
         self.noise_seconds = time.perf_counter() - t0
-        base_cost = self.cost(self.base_profile)
-        saved = {(g, c.name): base_cost - self.cost(self.base_profile.with_groups({g: c}))
-                 for g in self.groups for c in self.candidates}
+        saved = pair_savings(self.ws, self.cost_name, self.cost, self.base_profile, self.candidates)
         ordered = noise_ordered_moves(self.groups, self.candidates, self.baseline, noise, saved)
+        at = {g: self.baseline for g in self.groups}
         current, plist, moves = self.base_profile, [self.base_profile], []
-        for g, c, slope in ordered:
-            nxt = current.with_groups({g: c})
-            if self.cost(nxt) < self.cost(current):
-                current = nxt
+        costs = [self.cost(self.base_profile)]
+        for g, c, slope in ordered:  # costs add up over groups: each move changes one group's share
+            gain = saved[(g, c.name)] - saved[(g, at[g].name)]
+            if gain > 1e-12 * max(1.0, abs(costs[0])):
+                at[g] = c
+                current = current.with_groups({g: c})
                 plist.append(current)
+                costs.append(costs[-1] - gain)
                 moves.append((g, c, slope))
-        self.pareto_list, self.moves = plist, moves
+        self.pareto_list, self.moves, self.list_costs = plist, moves, costs
+        self._keys = [p.key for p in plist]
         return plist
 
     def bounds(self, state: AMPState, ok: Callable[[float], bool]) -> tuple[int, int]:
         """``(lo, hi)``: entry ``lo`` is the cheapest known to pass (-1: none yet), ``hi`` the first known to
         fail after it (the list's length: none); between them the list is taken as monotone."""
-        metrics = [state.metric(p) for p in self.pareto_list]
+        metrics = [None if (got := state.evaluated.get(k)) is None else got[1].metric for k in self._keys]
         lo = max((i for i, m in enumerate(metrics) if m is not None and ok(m)), default=-1)
         hi = next((i for i in range(lo + 1, len(metrics)) if metrics[i] is not None and not ok(metrics[i])),
                   len(metrics))
@@ -276,11 +297,11 @@ class FastAMP:
 
     def _search_probes(self, state: AMPState, ok: Callable[[float], bool]) -> dict[str, Profile]:
         lo, hi = self.bounds(state, ok)
-        unknown = [i for i in range(lo + 1, hi) if state.metric(self.pareto_list[i]) is None]
+        unknown = [i for i in range(lo + 1, hi) if self._keys[i] not in state.evaluated]
         if not unknown:
             return {}
         if lo >= 0:  # what is left to win is within the tolerance: a round would cost more than it can save
-            best, floor = self.cost(self.pareto_list[lo]), self.cost(self.pareto_list[unknown[-1]])
+            best, floor = self.list_costs[lo], self.list_costs[unknown[-1]]
             if best - floor <= self.cost_tolerance * best:
                 self.stopped_within_tolerance = True
                 return {}
@@ -355,8 +376,9 @@ class FastAMP:
                 "list_length": len(self.pareto_list), "cheapest_passing_index": lo, "first_failing_index": hi,
                 "cost_tolerance": self.cost_tolerance, "stopped_within_tolerance": self.stopped_within_tolerance,
                 "repairs": self.repairs, "uniform_skipped_as_failing": self.skipped_uniform,
-                "pareto_list": [{"index": i, "cost": self.cost(p), "metric": state.metric(p), "profile": p.label()}
-                                for i, p in enumerate(self.pareto_list) if state.metric(p) is not None],
+                "pareto_list": [{"index": i, "cost": self.list_costs[i], "metric": state.evaluated[k][1].metric,
+                                 "profile": self.pareto_list[i].label()}
+                                for i, k in enumerate(self._keys) if k in state.evaluated],
                 "accepted": acc.label() if acc else None}
 
 
@@ -614,7 +636,7 @@ class AMPStep(Step):
         self.cost = cost_function(ws, cost)
         self.state = AMPState()
         self.greedy = GreedyAMP(ws, candidates, self.cost, workers)
-        make = {"greedy": lambda: self.greedy, "fast": lambda: FastAMP(ws, candidates, self.cost, workers),
+        make = {"greedy": lambda: self.greedy, "fast": lambda: FastAMP(ws, candidates, self.cost, workers, cost_name=cost),
                 "uniform": lambda: UniformSearch(self.greedy.groups, candidates),
                 "optuna": lambda: OptunaSearch(ws, candidates, self.cost, cost, objective, trials, timeout, fresh)}
         self.searches = {kind: make[kind]() for kind in SEARCHES[algorithm]}

@@ -181,6 +181,8 @@ def rank_groups(groups: list[dict[str, Any]], ranking: str, higher_is_better: bo
     elif ranking == "sqnr":
         key = lambda g: g["sqnr_db"] if g["sqnr_db"] is not None else np.inf  # noqa: E731
     elif ranking == "noise":  # the more noise the group's own quantizers add, the more sensitive
+        if any(g.get("noise_nsr") is None for g in groups):
+            raise ValueError("ranking noise: these groups have no noise estimate (an older analysis): run analyze again")
         key = lambda g: -g["noise_nsr"]  # noqa: E731
     else:
         raise ValueError(f"unknown ranking {ranking!r}: expected one of {', '.join(RANKINGS)}")
