@@ -44,9 +44,18 @@ from sweeper.search.step import Batch, PoolNeeds, Step, StepContext, StepOutput,
 from sweeper.search.study import prepared_storage
 from sweeper.tracking.tracker import Tracker
 
-ALGORITHMS = ("greedy", "fast", "optuna", "greedy+optuna", "fast+optuna")
+ALGORITHMS = ("greedy", "fast", "auto", "optuna", "greedy+optuna", "fast+optuna")
+AUTO_EXHAUSTIVE_MAX = 64  # "auto": greedy's phase 1 up to this many evaluations, the fast search beyond
 COSTS = ("bops", "bytes", "latency")
 OBJECTIVES = ("multi", "constrained")
+
+
+def resolve_algorithm(algorithm: str, groups: int, candidates: int) -> str:
+    """``auto``: the exhaustive greedy while its phase 1 (groups x (candidates - 1) + candidates evaluations) is
+    at most ``AUTO_EXHAUSTIVE_MAX``, else ``fast``; any other algorithm as it is."""
+    if algorithm != "auto":
+        return algorithm
+    return "greedy" if groups * (candidates - 1) + candidates <= AUTO_EXHAUSTIVE_MAX else "fast"
 
 
 def cost_function(ws: Workspace, kind: str) -> Callable[[Profile], float]:
@@ -630,6 +639,7 @@ class AMPStep(Step):
                  measure: bool = True, workers: int = 1, startup_seconds: float = 0.0) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
+        algorithm = resolve_algorithm(algorithm, len(ws.graph.groups), len(candidates))
         self.ws, self.candidates, self.algorithm, self.cost_name = ws, candidates, algorithm, cost
         self.objective, self.trials, self.measure = objective, trials, measure
         self.strategy = algorithm

@@ -151,3 +151,12 @@ def test_fast_amp_finds_the_mix_in_few_evaluations(tmp_path: Path) -> None:
     by_index = {e["index"]: e["metric"] for e in f["pareto_list"]}
     assert ws.meets(by_index[lo]) and (hi not in by_index or not ws.meets(by_index[hi]))
     ws.close()
+
+
+def test_auto_is_the_exhaustive_greedy_on_small_models_and_fast_on_large_ones() -> None:
+    from sweeper.search.amp import AUTO_EXHAUSTIVE_MAX, resolve_algorithm
+
+    assert resolve_algorithm("auto", 5, 6) == "greedy"  # the MNIST example: 31 evaluations
+    assert resolve_algorithm("auto", 128, 6) == "fast"  # the real classifier: 646
+    assert resolve_algorithm("auto", AUTO_EXHAUSTIVE_MAX, 2) == "fast"
+    assert resolve_algorithm("greedy", 383, 6) == "greedy" and resolve_algorithm("fast", 2, 2) == "fast"
