@@ -224,6 +224,7 @@ class GridQuantizer:
         return np.clip(self.base + (v >= 0), self.qmin, self.qmax).astype(np.int64)
 
     def nearest(self) -> np.ndarray:
+        """Hard rounding of the initial ``V``: rounding to nearest (ties up rather than to even)."""
         return self.hard(self.initial_v())
 
     def soft_parts(self) -> tuple[np.ndarray, np.ndarray]:
@@ -241,6 +242,7 @@ class GridQuantizer:
 
 
 def rectified_sigmoid(v: Any) -> Any:
+    """``h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)``: reaches 0 and 1 exactly (unlike a sigmoid)."""
     import torch
 
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
@@ -378,6 +380,7 @@ class ActivationStore:
         self._files = 0
 
     def add(self, key: str, array: np.ndarray) -> None:
+        """Append one run's array to ``key`` (on disk once the budget is used up)."""
         a = np.ascontiguousarray(array, np.float32)
         if self.in_memory + a.nbytes > self.budget:
             path = self.folder / f"{self._files}.npy"
@@ -423,6 +426,7 @@ class Samples:
             self.joined = (torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
 
     def draw(self) -> tuple[Any, Any]:
+        """A random batch of (inputs, targets) without repeats (a whole run when runs differ in shape)."""
         import torch
 
         if not self.uniform:
@@ -532,6 +536,7 @@ class _Adam:
         self.fused = getattr(torch, "_fused_adam_", None)
 
     def step(self, grad: Any) -> None:
+        """One update of the parameter with ``grad``."""
         b1, b2 = self.betas
         self.t += 1
         if self.fused is not None:

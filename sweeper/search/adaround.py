@@ -96,6 +96,7 @@ class AdaRoundStep(Step):
         return float(res.metric), float(res.eval_seconds)
 
     def _export_learned(self, ctx: StepContext, rounding: dict[tuple[str, int], np.ndarray]) -> tuple[str, str]:
+        """QDQ model and AIMET encodings of the profile with the learned integers (``adaround.*``)."""
         from sweeper.export.encodings_io import save_export
         from sweeper.export.qdq import export_qdq
 
@@ -108,6 +109,7 @@ class AdaRoundStep(Step):
         return str(onnx_path), str(enc_path)
 
     def finish(self, ctx: StepContext) -> StepOutput:
+        """AdaRound, the learned weights evaluated and exported, the better one kept (never below nearest)."""
         ws, exp, near = self.ws, self.ws.exp, self.nearest
         assert near is not None
         t0 = time.perf_counter()
@@ -127,6 +129,7 @@ class AdaRoundStep(Step):
 
     def _doc(self, ctx: StepContext, res: AdaRoundResult, after: float, after_s: float, kept: str, metric: float,
              learned: tuple[str, str], seconds: float) -> dict[str, Any]:
+        """results.json."""
         ws, near = self.ws, self.nearest
         assert near is not None
         exports = {"nearest": {"onnx": near.onnx, "encodings": near.encodings},
