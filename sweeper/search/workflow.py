@@ -106,7 +106,8 @@ def pick(outcomes: list[Outcome], budget_ms: float | None = None) -> Outcome | N
     if not passing:
         return None
     passing = [o for o in passing if within_budget(o, budget_ms)] or passing
-    return min(passing, key=lambda o: (o.bops_ratio, o.est_latency_ms if o.est_latency_ms is not None else 0.0))
+    inf = float("inf")  # an outcome without an estimate ranks after one with it at the same BOPs
+    return min(passing, key=lambda o: (o.bops_ratio, o.est_latency_ms if o.est_latency_ms is not None else inf))
 
 
 def cheapest_failed(ok: Mapping[str, bool]) -> str | None:

@@ -65,3 +65,29 @@ def test_run_goes_on_to_amp_when_litemp_is_over_the_latency_budget(tmp_path: Pat
     # nothing is estimated within 1e-9 ms: the accepted one is the cheapest passing profile of any step
     cheapest = min((s for s in flow["steps"] if s["profile"]), key=lambda s: s["bops_ratio"])
     assert flow["accepted"]["step"] == cheapest["step"]
+
+
+def test_run_adarounds_sensitive_weights_and_repeats_steps_1_to_3(tmp_path: Path) -> None:
+    """Candidates w8a8, fp16, w2a8: only 2-bit weights fail, so with AdaRound enabled (and a latency budget
+    no profile meets, so Steps 1-3 all run) the workflow AdaRounds at w2a8 and runs Steps 1-3 again on the
+    learned weights, where w2a8 itself passes and is accepted."""
+    text = (ROOT / "experiments" / "mnist_cnn.yaml").read_text()
+    text = text.replace("candidates: [w8a8, w8a16, w16a16, fp16, w4a8, w4a16, w4a4, w2a8]",
+                        "candidates: [w8a8, fp16, w2a8]")
+    assert "candidates: [w8a8, fp16, w2a8]" in text
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(text + "workflow:\n  adaround: true\n  latency_budget_ms: 1.0e-9\n")
+    res = _run(tmp_path, experiment=exp)
+    out = tmp_path / "out"
+    flow = _json(out / "workflow.json")
+    steps = [s["step"] for s in flow["steps"]]
+    assert steps[:4] == ["baseline", "litemp", "amp", "adaround"], flow["decisions"]
+    ada = _json(out / "adaround" / "results.json")
+    assert ada["precision"] == "w2a8" and ada["kept"] == "adaround" and ada["metric_after"] > ada["metric_before"]
+    assert steps[4] == "after_adaround/baseline"
+    again = _json(out / "after_adaround" / "baseline" / "results.json")
+    w2a8 = next(r for r in again["results"] if r["name"] == "w2a8")
+    assert w2a8["metric"] == pytest.approx(ada["metric_after"])  # the learned weights, in the sim of Step 1
+    assert w2a8["meets_target"] and flow["stopped_at"] == "after_adaround/baseline"
+    assert flow["accepted"]["step"] == "after_adaround/baseline" and flow["accepted"]["profile"] == "w2a8"
+    assert "Step 4 - AdaRound" in res.stdout
