@@ -5,8 +5,9 @@ meeting the target under the full evaluation, at <= 1.1x the BOPs of today's exh
     .venv/bin/python bench/amp_many_layers.py [--models real_textcls,real_layout] [--exhaustive real_textcls]
                                               [--workers 2] [--tracking]
 
-Per model, in one run and one process: the FP32 evaluation time (median of 5, the workspace's thread count,
-at the niceness Ray gives its workers, measured next to each search since the machine's speed drifts), then each search through the Python API
+Per model, in one run and one process: the FP32 evaluation time (median of 3 per worker, on the pool's workers as
+every profile's ``eval_seconds`` is timed, measured next to each search since the machine's speed drifts; the
+driver's own figure is printed too), then each search through the Python API
 (``sweeper.Session`` with ``pool="ray", workers=2``, the pool started before the clock starts, fresh study,
 latency measurement off: it is not search). Printed per search: search seconds / FP32 evaluation seconds,
 the number of full evaluations (every profile AMP evaluates is a full evaluation of the evaluation set; the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,36 +35,24 @@ TARGET_EVALS = 30.0
 TARGET_BOPS = 1.1
 
 
-def fp32_at_workers_niceness(s: Session, pids: list[int]) -> tuple[float, float, int]:
-    """(FP32 evaluation seconds at this process's niceness, at the workers' niceness, that niceness). Ray
-    starts its workers at nice 15: on a machine other jobs load, they get less CPU than this process, so
-    the search's clock and the reference's would not run alike. The driver is root here, so it can go
-    back to its own niceness afterwards."""
-    own = os.getpriority(os.PRIO_PROCESS, 0)
-    nice = max(os.getpriority(os.PRIO_PROCESS, pid) for pid in pids)
-    plain = fp32_eval_seconds(s.ws)
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-        niced = fp32_eval_seconds(s.ws)
-    finally:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, own)
-        except PermissionError:
-            print(f"(could not return to niceness {own}: not root)", flush=True)
-    return plain, niced, nice
+def fp32_on_workers(pool: Any, workers: int, reps: int = 3) -> float:
+    """Median seconds of one FP32 evaluation on the pool's workers, timed like every profile's
+    ``eval_seconds`` (their threads, data, metric and niceness: Ray runs its workers at nice 15, which on a
+    machine other jobs load gives them less CPU than this process)."""
+    return statistics.median(sec for _, (_m, sec) in pool.map_calls("fp32_eval", [()] * (workers * reps)))
 
 
 def run_search(s: Session, algorithm: str, workers: int) -> dict[str, Any]:
     """One AMP search on the session's pool, from scratch (no study, no profile the workspace knows)."""
     s.ws.evaluated.clear()  # a workflow reuses what an earlier step evaluated: not here
     pool = s.pool(amp_needs(s.exp.candidates))
-    pids = [pid for _, pid in pool.map_calls("pid", [()] * workers)]  # actors up before the clock starts
-    plain, fp32, nice = fp32_at_workers_niceness(s, pids)
+    list(pool.map_calls("pid", [()] * workers))  # actors up before the clock starts
+    plain, fp32 = fp32_eval_seconds(s.ws), fp32_on_workers(pool, workers)
     rep = s.amp(algorithm=algorithm, fresh=True, measure=False)
     d = rep.doc
     acc = d["accepted"] or {}
     evals = [e for e in (s.ws.evaluated or {}).values()]
-    return {"algorithm": algorithm, "fp32_s": fp32, "fp32_nice0_s": plain, "nice": nice,
+    return {"algorithm": algorithm, "fp32_s": fp32, "fp32_driver_s": plain,
             "profile_eval_s": sum(e["eval_seconds"] for e in evals) / max(1, len(evals)),
             "search_s": d["search_seconds"],
             "evals_worth": d["search_seconds"] / fp32, "evaluations": d["evaluations"],
@@ -76,7 +66,7 @@ def show(model: str, groups: int, fp32_metric: float, threshold: float, r: dict[
           f"search {r['search_s']:.1f} s / FP32 evaluation {r['fp32_s']:.3f} s = {r['evals_worth']:.1f} "
           f"evaluations' worth (target <= {TARGET_EVALS:g}); {r['evaluations']} full evaluations; accepted "
           f"{r['profile']} metric {r['metric']} (meets target: {r['meets']}) at {r['bops']:.4f}x w8a8 BOPs; "
-          f"FP32 evaluation at nice 0 {r['fp32_nice0_s']:.3f} s, at the workers' nice {r['nice']} {r['fp32_s']:.3f} s; "
+          f"FP32 evaluation on a worker {r['fp32_s']:.3f} s (in this process {r['fp32_driver_s']:.3f} s); "
           f"one profile evaluation on a worker {r['profile_eval_s']:.3f} s (mean)"
           + (f"; noise estimate {r['noise_s']:.2f} s" if r["noise_s"] is not None else ""), flush=True)
 
