@@ -197,7 +197,7 @@ class Session:
         step = LiteMPStep(self.ws, ranked, b, h, tuple(ks or DEFAULT_KS), ranking, workers=self.exp.workers)
         return self.run_step(step, fresh)
 
-    def amp(self, candidates: Iterable[str | Precision] | None = None, algorithm: str = "greedy",
+    def amp(self, candidates: Iterable[str | Precision] | None = None, algorithm: str = "auto",
             cost: str = "bops", objective: str = "multi", trials: int = 100, timeout: float | None = None,
             fresh: bool = False, measure: bool = True) -> Any:
         """Step 3: automatic mixed precision (an :class:`~sweeper.search.amp.AMPReport`)."""

@@ -133,8 +133,9 @@ def _litemp_report(s: Any, rep: Any) -> str:
 def _amp_args(sp: argparse.ArgumentParser) -> None:
     from sweeper.cli import _real, _whole
 
-    sp.add_argument("--algorithm", default="greedy", choices=LazyChoices("sweeper.search.amp", "ALGORITHMS"),
-                    help="search (default greedy)")
+    sp.add_argument("--algorithm", default="auto", choices=LazyChoices("sweeper.search.amp", "ALGORITHMS"),
+                    help="search (default auto: the exhaustive greedy while its phase 1 is at most 64 "
+                         "evaluations, fast beyond)")
     sp.add_argument("--candidates", help="comma-separated precisions (default: the experiment's candidates)")
     sp.add_argument("--cost", default="bops", choices=LazyChoices("sweeper.search.amp", "COSTS"),
                     help="cost to minimise (default bops; latency: the CostModel's estimate)")

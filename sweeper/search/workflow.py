@@ -196,7 +196,7 @@ def _steps_1_to_3(s: Any, settings: WorkflowSettings, report: WorkflowReport, fr
         return ok
     why = "missed the target" if report.steps[-1].profile is None else "is over the latency budget"
     report.decisions.append(f"{label}Step 2: LiteMP {why}: Step 3 (AMP)")
-    amp = s.amp(algorithm="greedy", fresh=fresh)
+    amp = s.amp(algorithm="auto", fresh=fresh)
     show("amp", amp)
     report.steps.append(amp_outcome(amp, f"{label}amp"))
     report.stopped_at = f"{label}amp"
