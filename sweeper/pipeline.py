@@ -170,9 +170,11 @@ class Workspace:
         """Samples in :meth:`sample_feeds`."""
         return self._sample_size
 
-    def sample_feeds(self) -> dict[str, np.ndarray]:
-        """One model run's feeds (see :meth:`_note_samples`)."""
-        return self._sample
+    def sample_feeds(self, max_samples: int | None = None) -> dict[str, np.ndarray]:
+        """One model run's feeds (see :meth:`_note_samples`); batched data cut to ``max_samples`` samples."""
+        if max_samples is None or self._sample_size <= max_samples:
+            return self._sample
+        return {k: v[:max_samples] if np.ndim(v) else v for k, v in self._sample.items()}
 
     def _fingerprint(self) -> dict[str, Any]:
         """What a stored metric depends on, by content: the prepared model, the data, the metric (and its

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,33 @@ def make_model() -> tuple[Any, Any]:
     return net, torch.zeros(1, 1, 28, 28)
 
 
+def _cache_file() -> Path:
+    """Where the images are kept between runs, keyed by the versions of the libraries that make them."""
+    import importlib.metadata as md
+
+    versions = "-".join(md.version(p) for p in ("scikit-learn", "scipy", "pillow", "numpy"))
+    root = Path(os.environ.get("SWEEPER_CACHE", Path.home() / ".cache" / "sweeper"))
+    return root / "mnist" / f"digits_{versions}.npz"
+
+
 @functools.lru_cache(maxsize=1)
 def digits_as_mnist() -> tuple[np.ndarray, np.ndarray]:
     """All 1797 scikit-learn digits as normalized float32 (N, 1, 28, 28) MNIST-style images, and labels
-    (made once per process: the calibration and evaluation splits share them)."""
+    (made once per process: the calibration and evaluation splits share them; kept in ~/.cache/sweeper,
+    since importing scikit-learn and resampling cost seconds of every command on the example)."""
+    cache = _cache_file()
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            return z["images"], z["labels"]
+    images, labels = _make_digits()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, images=images, labels=labels)
+    tmp.replace(cache)  # atomic: a concurrent reader sees the old file or the whole new one
+    return images, labels
+
+
+def _make_digits() -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
     from scipy import ndimage
     from sklearn.datasets import load_digits

@@ -538,12 +538,14 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 
 
 # -- measured latency and the latency check (issue 13 item 5) ---------------------------------------------
-# Measured latency is ms per sample (one run on the first evaluation batch / its size), like the estimate.
+# Measured latency is ms per sample (one run on the first evaluation batch, at most MEASURE_SAMPLES of it / its
+# size), like the estimate.
 # The front, the accepted profile and every passing uniform candidate are measured together, interleaved,
 # in this process (ONNX Runtime CPU, 1 thread); with ``--cost latency`` the recommendation is never a
 # profile that measures slower than a passing uniform candidate.
 
-MEASURE_ROUNDS, MEASURE_MIN_ROUNDS, MEASURE_BUDGET_S = 15, 7, 15.0
+MEASURE_ROUNDS, MEASURE_MIN_ROUNDS, MEASURE_BUDGET_S = 15, 7, 5.0
+MEASURE_SAMPLES = 32  # latency is measured per sample on (at most) this many samples of the first batch
 
 
 @dataclass
@@ -581,7 +583,7 @@ def measure_and_check(ws: Workspace, sweep: Sweep, state: AMPState, ok: Callable
     named.update(uniforms)
     exports = sweep.export_profiles(named)
     by_key = {p.key: exports[n][0] for n, p in named.items()}  # one measurement per distinct profile
-    feeds = ws.sample_feeds()
+    feeds = ws.sample_feeds(MEASURE_SAMPLES)
     stats = measure_interleaved(by_key, feeds, rounds=MEASURE_ROUNDS, min_rounds=MEASURE_MIN_ROUNDS,
                                 budget_s=MEASURE_BUDGET_S)
     measured = {n: stats[p.key] for n, p in named.items()}
@@ -616,7 +618,7 @@ def latency_doc(ws: Workspace, lat: LatencyCheck | None) -> dict[str, Any]:
             "estimate_batch": ws.cost_model.batch,
             "measured": None if lat is None else
             "ONNX Runtime CPU EP, 1 thread, default graph optimizations, the first evaluation batch "
-            f"({ws.sample_size()} samples); median of interleaved "
+            f"({min(ws.sample_size(), MEASURE_SAMPLES)} samples); median of interleaved "
             "rounds, spread = interquartile range and min/max",
             "check": None if lat is None else lat.doc}
 

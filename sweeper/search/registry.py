@@ -68,6 +68,8 @@ class LazyChoices:
     def __init__(self, module: str, name: str) -> None:
         self.module, self.name = module, name
 
+    # give the argument a metavar: argparse formats ``choices`` when the argument is added, which would
+    # import the step's module while the parser is built (seconds, for every command)
     def _values(self) -> tuple[str, ...]:
         import importlib
 
@@ -81,7 +83,7 @@ class LazyChoices:
 
 
 def _rank_arg(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--rank", default="enable_one", choices=LazyChoices("sweeper.search.analyzer", "RANKINGS"),
+    sp.add_argument("--rank", default="enable_one", choices=LazyChoices("sweeper.search.analyzer", "RANKINGS"), metavar="RANKING",
                     help="sensitivity ranking (default enable_one)")
 
 
@@ -133,13 +135,13 @@ def _litemp_report(s: Any, rep: Any) -> str:
 def _amp_args(sp: argparse.ArgumentParser) -> None:
     from sweeper.cli import _real, _whole
 
-    sp.add_argument("--algorithm", default="auto", choices=LazyChoices("sweeper.search.amp", "ALGORITHMS"),
+    sp.add_argument("--algorithm", default="auto", choices=LazyChoices("sweeper.search.amp", "ALGORITHMS"), metavar="ALGORITHM",
                     help="search (default auto: the exhaustive greedy while its phase 1 is at most 64 "
                          "evaluations, fast beyond)")
     sp.add_argument("--candidates", help="comma-separated precisions (default: the experiment's candidates)")
-    sp.add_argument("--cost", default="bops", choices=LazyChoices("sweeper.search.amp", "COSTS"),
+    sp.add_argument("--cost", default="bops", choices=LazyChoices("sweeper.search.amp", "COSTS"), metavar="COST",
                     help="cost to minimise (default bops; latency: the CostModel's estimate)")
-    sp.add_argument("--objective", default="multi", choices=LazyChoices("sweeper.search.amp", "OBJECTIVES"),
+    sp.add_argument("--objective", default="multi", choices=LazyChoices("sweeper.search.amp", "OBJECTIVES"), metavar="OBJECTIVE",
                     help="Optuna: multi (NSGA-II on metric and cost, default) or constrained (TPE on cost)")
     sp.add_argument("--trials", type=_whole(1), default=100, help="Optuna trial budget (default 100)")
     sp.add_argument("--timeout", type=_real(0, above=True), default=None, help="Optuna time budget in seconds")
