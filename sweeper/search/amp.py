@@ -40,14 +40,12 @@ from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
 from sweeper.replica import render_in_background
 from sweeper.search.evaluate import Evaluated, Sweep
+from sweeper.search.names import ALGORITHMS, COSTS, OBJECTIVES
 from sweeper.search.step import Batch, PoolNeeds, Step, StepContext, StepOutput, Stream, run_step
 from sweeper.search.study import prepared_storage
 from sweeper.tracking.tracker import Tracker
 
-ALGORITHMS = ("greedy", "fast", "auto", "optuna", "greedy+optuna", "fast+optuna")
 AUTO_EXHAUSTIVE_MAX = 64  # "auto": greedy's phase 1 up to this many evaluations, the fast search beyond
-COSTS = ("bops", "bytes", "latency")
-OBJECTIVES = ("multi", "constrained")
 
 
 def resolve_algorithm(algorithm: str, groups: int, candidates: int) -> str:

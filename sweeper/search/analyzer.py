@@ -24,11 +24,11 @@ from sweeper.pipeline import Workspace
 from sweeper.quant.precision import FP32, Precision
 from sweeper.quant.profile import Profile
 from sweeper.search.evaluate import Evaluated
+from sweeper.search.names import RANKINGS
 from sweeper.search.step import Batch, PoolNeeds, Step, StepContext, StepOutput, run_step
 from sweeper.sim.quantsim import probe_tensor
 from sweeper.tracking.tracker import Tracker
 
-RANKINGS = ("enable_one", "disable_one", "sqnr", "noise")
 # "noise": the quantization-noise estimate alone, without the 2 x groups evaluations and the groups SQNR probes
 # (3 evaluations in all, for models with hundreds of groups); every ranking reports the estimate
 NOISE_SAMPLES = 8  # calibration samples (batched data) the activation noise is measured on

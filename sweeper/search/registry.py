@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweeper.errors import SweeperError
+from sweeper.search.names import ALGORITHMS, COSTS, OBJECTIVES, RANKINGS
 
 
 @dataclass(frozen=True)
@@ -61,29 +62,8 @@ def _baseline_report(s: Any, rep: Any) -> str:
 
 
 # -- analyze ------------------------------------------------------------------------------------------
-class LazyChoices:
-    """The allowed values of an option, read from the module that owns them only when they are needed (a
-    check, ``--help``), so that building the parser imports nothing heavy."""
-
-    def __init__(self, module: str, name: str) -> None:
-        self.module, self.name = module, name
-
-    # give the argument a metavar: argparse formats ``choices`` when the argument is added, which would
-    # import the step's module while the parser is built (seconds, for every command)
-    def _values(self) -> tuple[str, ...]:
-        import importlib
-
-        return tuple(getattr(importlib.import_module(self.module), self.name))
-
-    def __iter__(self) -> Any:
-        return iter(self._values())
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._values()
-
-
 def _rank_arg(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--rank", default="enable_one", choices=LazyChoices("sweeper.search.analyzer", "RANKINGS"), metavar="RANKING",
+    sp.add_argument("--rank", default="enable_one", choices=RANKINGS,
                     help="sensitivity ranking (default enable_one)")
 
 
@@ -135,13 +115,13 @@ def _litemp_report(s: Any, rep: Any) -> str:
 def _amp_args(sp: argparse.ArgumentParser) -> None:
     from sweeper.cli import _real, _whole
 
-    sp.add_argument("--algorithm", default="auto", choices=LazyChoices("sweeper.search.amp", "ALGORITHMS"), metavar="ALGORITHM",
+    sp.add_argument("--algorithm", default="auto", choices=ALGORITHMS,
                     help="search (default auto: the exhaustive greedy while its phase 1 is at most 64 "
                          "evaluations, fast beyond)")
     sp.add_argument("--candidates", help="comma-separated precisions (default: the experiment's candidates)")
-    sp.add_argument("--cost", default="bops", choices=LazyChoices("sweeper.search.amp", "COSTS"), metavar="COST",
+    sp.add_argument("--cost", default="bops", choices=COSTS,
                     help="cost to minimise (default bops; latency: the CostModel's estimate)")
-    sp.add_argument("--objective", default="multi", choices=LazyChoices("sweeper.search.amp", "OBJECTIVES"), metavar="OBJECTIVE",
+    sp.add_argument("--objective", default="multi", choices=OBJECTIVES,
                     help="Optuna: multi (NSGA-II on metric and cost, default) or constrained (TPE on cost)")
     sp.add_argument("--trials", type=_whole(1), default=100, help="Optuna trial budget (default 100)")
     sp.add_argument("--timeout", type=_real(0, above=True), default=None, help="Optuna time budget in seconds")
@@ -217,4 +197,4 @@ STEPS: dict[str, StepCommand] = {
                        _qat_report),
 }
 
-__all__ = ["STEPS", "LazyChoices", "StepCommand", "amp_candidates", "percentages", "precision_arg"]
+__all__ = ["STEPS", "StepCommand", "amp_candidates", "percentages", "precision_arg"]

@@ -131,7 +131,7 @@ def test_output_option_that_is_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("command", "args", "phrases"), [
     ("analyze", ["--rank", "best"], ["--rank", "'best'", "'enable_one', 'disable_one', 'sqnr'"]),
     ("litemp", ["--rank", "best"], ["--rank", "'best'"]),
-    ("amp", ["--algorithm", "random"], ["--algorithm", "'greedy', 'optuna', 'greedy+optuna'"]),
+    ("amp", ["--algorithm", "random"], ["--algorithm", "'greedy', 'fast', 'auto', 'optuna', 'greedy+optuna', 'fast+optuna'"]),
     ("amp", ["--cost", "time"], ["--cost", "'bops', 'bytes', 'latency'"]),
     ("amp", ["--objective", "single"], ["--objective", "'multi', 'constrained'"]),
     ("amp", ["--trials", "0"], ["--trials", "whole number >= 1"]),
@@ -146,8 +146,8 @@ def test_bad_step_options(tmp_path: Path, command: str, args: list[str], phrases
 
 
 @pytest.mark.parametrize(("command", "listed"), [
-    ("analyze", "{enable_one,disable_one,sqnr}"), ("litemp", "{enable_one,disable_one,sqnr}"),
-    ("amp", "{greedy,optuna,greedy+optuna}"), ("amp", "{bops,bytes,latency}"), ("amp", "{multi,constrained}"),
+    ("analyze", "{enable_one,disable_one,sqnr,noise}"), ("litemp", "{enable_one,disable_one,sqnr,noise}"),
+    ("amp", "{greedy,fast,auto,optuna,greedy+optuna,fast+optuna}"), ("amp", "{bops,bytes,latency}"), ("amp", "{multi,constrained}"),
 ])
 def test_help_lists_the_allowed_values(tmp_path: Path, command: str, listed: str) -> None:
     res = _run([command, "--help"], tmp_path)
