@@ -542,7 +542,7 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 # in this process (ONNX Runtime CPU, 1 thread); with ``--cost latency`` the recommendation is never a
 # profile that measures slower than a passing uniform candidate.
 
-MEASURE_ROUNDS, MEASURE_MIN_ROUNDS, MEASURE_BUDGET_S = 15, 7, 5.0
+MEASURE_ROUNDS, MEASURE_MIN_ROUNDS, MEASURE_BUDGET_S = 15, 7, 15.0
 MEASURE_SAMPLES = 32  # latency is measured per sample on (at most) this many samples of the first batch
 
 
