@@ -100,14 +100,16 @@ def weights_sensitive(ok: Mapping[str, bool]) -> str | None:
 
 
 def pick(outcomes: list[Outcome], budget_ms: float | None = None) -> Outcome | None:
-    """The accepted profile: the cheapest by BOPs (then estimated latency) of the steps' passing profiles,
-    among those within the latency budget when any is."""
+    """The accepted profile: the cheapest by BOPs (then estimated latency, then the later step) of the steps'
+    passing profiles, among those within the latency budget when any is."""
     passing = [o for o in outcomes if o.profile is not None and o.bops_ratio is not None]
     if not passing:
         return None
     passing = [o for o in passing if within_budget(o, budget_ms)] or passing
-    inf = float("inf")  # an outcome without an estimate ranks after one with it at the same BOPs
-    return min(passing, key=lambda o: (o.bops_ratio, o.est_latency_ms if o.est_latency_ms is not None else inf))
+    inf = float("inf")  # an outcome without an estimate ranks after one with it at the same BOPs; at a tie
+    order = {id(o): i for i, o in enumerate(passing)}  # the later step (AdaRound's profile found again by Step 1)
+    return min(passing, key=lambda o: (o.bops_ratio, o.est_latency_ms if o.est_latency_ms is not None else inf,
+                                       -order[id(o)]))
 
 
 def cheapest_failed(ok: Mapping[str, bool]) -> str | None:
