@@ -33,24 +33,11 @@ class Result:
 
 
 class WorkerFactory(Protocol):
-    """How a pool builds the object its workers host: ``factory(spec, name, exchange)``
+    """How a pool builds the object its workers host: ``factory(spec, name, exchange)`` (exchange None in process)
     (:class:`sweeper.replica.Replica`). Its methods are what ``map_calls`` calls by name; its ``evaluate``
     answers with an object carrying ``profile, metric, seconds, worker, node, peak_rss_mb, store``."""
 
     def __call__(self, spec: Any, name: str, exchange: Any) -> Any: ...
-
-
-class _LocalExchange:
-    """In one process there is nobody to share a payload with."""
-
-    def share(self, payload: dict[str, Any]) -> Any:
-        return None
-
-    def fetch(self, store: Any) -> dict[str, Any] | None:
-        return None
-
-    def node_id(self) -> str:
-        return ""
 
 
 def _result(ev: Any) -> Result:
@@ -74,7 +61,7 @@ class InProcessPool:
     """Same interface as the Ray pool, evaluating in this process (for debugging and unit tests)."""
 
     def __init__(self, factory: WorkerFactory, spec: Any) -> None:
-        self.worker = factory(spec, "local-0", _LocalExchange())
+        self.worker = factory(spec, "local-0", None)  # in one process: nobody to share with
         self.size = 1
 
     def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:

@@ -99,7 +99,7 @@ def sim_metric(ws: Workspace, graph: ModelGraph, table: EncodingTable, profile: 
     precs = sorted({p for _, p in profile.assignment}, key=lambda p: p.name)
     sim = QuantSim(graph, table, threads=ws.threads, precisions=precs)
     sim.apply(profile)
-    data = ws.eval_set if ws.eval_set is not None else ws.eval_data
+    data = ws.eval_set if ws.eval_set is not None else ws.evaluation_data()
     return float(ws.evaluator.evaluate(sim.run, data, ws.reference)), sim
 
 
@@ -215,7 +215,7 @@ class QATStep(Step):
         from sweeper.model.session import ort_session
 
         session = ort_session(onnx.load(str(path)), self.ws.threads)
-        data = self.ws.eval_set if self.ws.eval_set is not None else self.ws.eval_data
+        data = self.ws.eval_set if self.ws.eval_set is not None else self.ws.evaluation_data()
         return float(self.ws.evaluator.evaluate(lambda f: session.run(None, f), data, self.ws.reference))
 
 
