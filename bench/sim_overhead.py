@@ -6,10 +6,11 @@ Per model, timed interleaved (the same data, metric and evaluator; the fastest o
 machine the minimum is the least disturbed figure):
 
 * ``fp32``: the FP32 model in the workspace's session (ONNX Runtime's default optimizations: what a user runs);
-* ``fp32 same kernels``: the FP32 model without the NCHWc layout transformer, i.e. the float kernels the
-  exported QDQ model runs under the reference semantics that sim = export is checked against;
-* ``export``: the exported QDQ model of the profile under those semantics (optimizations off): what the
-  simulation has to reproduce bit for bit, the floor for any exact simulation built from ONNX Runtime ops;
+* ``fp32 same kernels``: the FP32 model under the simulation's session options (``QuantSim.mode``: with
+  ONNX Runtime's NCHWc layout kernels in LAYOUT mode, without them in PLAIN mode);
+* ``export``: the exported QDQ model of the profile in ``reference_session`` (the options sim = export holds
+  under): what the simulation reproduces bit for bit, the floor for any exact simulation built from ONNX
+  Runtime ops;
 * ``sim``: ``QuantSim.run``; ``switch``: ``QuantSim.apply`` of a random mixed profile (warm caches, as
   in a sweep), as a fraction of one simulated evaluation.
 
@@ -26,7 +27,7 @@ from _common import mixed_profiles
 
 from sweeper.config.experiment import load_experiment
 from sweeper.export import export_qdq
-from sweeper.model.session import ort_session
+from sweeper.model.session import ort_session, reference_session
 from sweeper.pipeline import Workspace
 from sweeper.quant.profile import Profile
 from sweeper.sim.quantsim import QuantSim
@@ -56,8 +57,8 @@ def measure(key: str, precision: str, reps: int) -> dict[str, float]:
         sim = QuantSim(ws.graph, ws.table, threads=1, precisions=ws.exp.candidates)
         groups = [g.name for g in ws.graph.groups]
         profile = Profile.uniform(groups, precision)
-        same_kernels = ort_session(ws.prepared, 1, exact=True)
-        export = ort_session(export_qdq(ws.graph, ws.table, profile), 1, optimize=False)
+        same_kernels = ort_session(ws.prepared, 1, exact=sim.mode)
+        export = reference_session(export_qdq(ws.graph, ws.table, profile), 1)
         ev, data, ref = ws.evaluator, ws.eval_data, ws.reference
         for c in ws.exp.candidates:  # the per-(quantizer, precision) values a sweep computes once
             sim.apply(Profile.uniform(groups, c))
@@ -76,7 +77,8 @@ def measure(key: str, precision: str, reps: int) -> dict[str, float]:
     finally:
         ws.close()
     fp = t["fp32"]
-    print(f"{key}: {len(ws.graph.activations)} activation quantizers, {len(groups)} groups, {precision}; "
+    print(f"{key}: {len(ws.graph.activations)} activation quantizers, {len(groups)} groups, {precision}, "
+          f"{sim.mode} mode; "
           f"FP32 eval {fp:.4f}s; sim/FP32 = {t['sim'] / fp:.2f} (target <= 1.3); "
           f"sim / FP32 same kernels = {t['sim'] / t['fp32_same_kernels']:.2f}; "
           f"export/FP32 = {t['export'] / fp:.2f}; FP32 same kernels/FP32 = {t['fp32_same_kernels'] / fp:.2f}; "

@@ -39,11 +39,13 @@ from sweeper.model.opset import (
     convert_opset,
     int_container,
 )
+from sweeper.model.session import REFERENCE_KEY
 from sweeper.quant.bias import BiasEncoding
 from sweeper.quant.encoding import Encoding
 from sweeper.quant.fp16 import FP16_MAX, to_fp16
 from sweeper.quant.profile import Profile
 from sweeper.sim.encodings import EncodingTable
+from sweeper.sim.quantsim import sim_mode
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,9 @@ def export_qdq(
 ) -> onnx.ModelProto:
     """The model of ``graph`` quantized as ``profile`` with ``table``'s encodings, in QDQ form.
 
-    Runs in a plain ``onnxruntime.InferenceSession`` (CPU EP) and reproduces ``QuantSim`` under ``profile``.
+    Runs in a plain ``onnxruntime.InferenceSession`` (CPU EP) and reproduces ``QuantSim`` under ``profile``
+    bit for bit in ``sweeper.model.session.reference_session`` (the session options are named in the model's
+    metadata, key ``sweeper.sim_equals_export_under``).
 
     ``int4_activations``: 4/2-bit *activations* in int4/uint4 containers. Off by default: ONNX Runtime 1.32's
     QDQ graph transformers (ORT_ENABLE_ALL) reject such models (MaxPool propagation, QLinearConv fusion and
@@ -173,6 +177,8 @@ def export_qdq(
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     if any(t.data_type in (TensorProto.INT4, TensorProto.UINT4) for t in model.graph.initializer):
         model.ir_version = max(model.ir_version, 10)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        REFERENCE_KEY: sim_mode(graph)})
     onnx.checker.check_model(model)
     return model
 

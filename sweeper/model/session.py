@@ -10,30 +10,67 @@ from typing import Any
 import numpy as np
 import onnx
 
-# ONNX Runtime's NCHWc layout transformer swaps Conv for blocked-layout kernels that accumulate in another
-# order: a few 1e-6 that flip a thresholded metric (measured: a real layout detector's w8a8 F1 0.8358 in the
-# simulation vs 0.8235 for its export). Without it the simulation is bit-identical to the exported QDQ model
-# run with optimizations off, at every precision. (Checked per layer on the real suite: no depthwise Conv and
-# only some pointwise ones give the same bits under NCHWc, so it cannot be kept per op either.)
-EXACT_DISABLED = ["NchwcTransformer"]
+# Two ways a simulation can be bit-identical to its exported QDQ model (``sweeper.sim.quantsim.sim_mode``
+# picks one per model, the export records it in its metadata under REFERENCE_KEY):
+#
+# * LAYOUT, when every quantized weight is a constant of the simulation (Conv/ConvTranspose/Gemm layers):
+#   both run ONNX Runtime's default optimizations, NCHWc layout transformer included, with Q/DQ fusion off
+#   (``session.disable_quant_qdq``); the export's weight DequantizeLinear nodes fold into the same float
+#   constants the simulation holds, so both run the same blocked-layout kernels. This is what makes a CNN's
+#   simulation cost what FP32 costs: without NCHWc, ONNX Runtime's plain depthwise Conv is up to 10x slower.
+# * PLAIN, when some weights are run-time inputs of the simulation (MatMul, shared weights) or a Conv's output
+#   is read in a way NCHWc would compute differently at a float activation (``quantsim.sim_mode``): the
+#   simulation keeps every optimization but NCHWc, the export runs with optimizations off (its weights are
+#   DequantizeLinear outputs, so nothing folds), and both with prepacking off: ONNX Runtime's MatMul/Gemm over
+#   a constant (prepacked) B add in another order than over a run-time B (measured: 1e-4 at K = 576), and
+#   a weight left float is a constant in the export.
+#   (NCHWc cannot be kept per op here: measured on the real suite, no depthwise Conv and only some
+#   pointwise ones give the same bits with and without it.)
+LAYOUT, PLAIN = "layout", "plain"
+REFERENCE_KEY = "sweeper.sim_equals_export_under"
+_PLAIN_DISABLED = ["NchwcTransformer"]
 
 
-def ort_session(model: onnx.ModelProto | bytes, threads: int = 1, optimize: bool = True, exact: bool = False) -> Any:
+def ort_session(model: onnx.ModelProto | bytes, threads: int = 1, optimize: bool = True,
+                exact: str | None = None) -> Any:
     """A CPU session of ``model`` with ``threads`` intra-op threads (0: ONNX Runtime's default), one
-    inter-op thread and quiet logs; ``optimize=False`` turns graph optimizations off (how the exported QDQ
-    model is checked against the simulation); ``exact`` keeps every optimization that does not change float
-    results (the simulation's sessions: sim = export, bit for bit)."""
+    inter-op thread and quiet logs; ``optimize=False`` turns graph optimizations off; ``exact`` is the
+    simulation's mode (LAYOUT or PLAIN, above): the session options under which its results are the export's,
+    bit for bit."""
     import onnxruntime as ort
 
+    if exact not in (None, LAYOUT, PLAIN):
+        raise ValueError(f"exact must be {LAYOUT!r}, {PLAIN!r} or None, not {exact!r}")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if exact == LAYOUT:
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
+    if exact == PLAIN or not optimize:  # see PLAIN above: constant and run-time weights, the same kernels
+        so.add_session_config_entry("session.disable_prepacking", "1")
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=EXACT_DISABLED if exact else None)
+                                disabled_optimizers=_PLAIN_DISABLED if exact == PLAIN else None)
+
+
+def reference_mode(model: onnx.ModelProto) -> str:
+    """The mode an exported QDQ model was simulated in (its REFERENCE_KEY metadata; PLAIN when absent)."""
+    return next((p.value for p in model.metadata_props if p.key == REFERENCE_KEY), PLAIN)
+
+
+def reference_session(model: onnx.ModelProto | bytes | str, threads: int = 1) -> Any:
+    """A session of an exported QDQ model (a ModelProto, its bytes or its path) under the options with which
+    it reproduces the simulation bit for bit: LAYOUT's for a LAYOUT export, optimizations off otherwise."""
+    if isinstance(model, str) or not isinstance(model, (bytes, onnx.ModelProto)):
+        model = onnx.load(str(model))
+    elif isinstance(model, bytes):
+        model = onnx.load_from_string(model)
+    if reference_mode(model) == LAYOUT:
+        return ort_session(model, threads, exact=LAYOUT)
+    return ort_session(model, threads, optimize=False)
 
 
 class BoundRunner:

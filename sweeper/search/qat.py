@@ -107,12 +107,12 @@ def export_check(ws: Workspace, sim: Any, qdq: onnx.ModelProto) -> dict[str, flo
     """How closely the exported QDQ model reproduces the simulation on one evaluation batch: the largest
     absolute difference (ONNX Runtime with the simulation's exact settings) and the top-1 agreement of the
     read output under ONNX Runtime's default optimizations (what a deployment runs)."""
-    from sweeper.model.session import ort_session
+    from sweeper.model.session import ort_session, reference_session
 
     feeds = ws.sample_feeds()
     idx = ws.evaluator.output_index
     ref = sim.run(feeds)[idx]
-    exact = ort_session(qdq, ws.threads, exact=True).run(None, feeds)[idx]
+    exact = reference_session(qdq, ws.threads).run(None, feeds)[idx]
     default = ort_session(qdq, ws.threads).run(None, feeds)[idx]
     agree = float(np.mean(default.argmax(-1) == ref.argmax(-1))) if ref.ndim >= 1 and ref.shape[-1] > 1 else 1.0
     return {"export_max_abs_diff": float(np.max(np.abs(exact - ref))) if ref.size else 0.0,

@@ -5,8 +5,8 @@ The simulation graph is built once:
 * Conv, ConvTranspose and Gemm layers (with the Relu/Clip fused after them and a MaxPool that follows)
   become an ``If`` chain with one branch per precision the sweep may assign; each branch holds that
   precision's fake-quantized weight and int32-rounded bias as *constants*, so ONNX Runtime keeps its
-  prepacked, blocked-layout kernels (weights fed as run-time inputs cost 1.9x on a CNN). A run-time flag
-  picks the branch: weight quantization costs nothing at run time.
+  blocked-layout kernels where :func:`sim_mode` allows them (weights fed as run-time inputs cost 1.9x on a
+  CNN). A run-time flag picks the branch: weight quantization costs nothing at run time.
 * Other weights (MatMul) are run-time inputs holding precomputed fake-quantized values.
 * Each activation quantizer is an ``If`` on run-time flags: the 8-bit branch is a plain
   QuantizeLinear/DequantizeLinear pair (the kernels the exported model runs, so sim = export); other bit
@@ -16,7 +16,8 @@ The simulation graph is built once:
   max; 4x fewer elements on a CNN).
 
 All values are computed exactly as DequantizeLinear computes them, so the exported QDQ model reproduces
-the simulation.
+the simulation bit for bit in the session options of the model's mode (:func:`sim_mode`,
+``sweeper.model.session.reference_session``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sweeper.model.graph import ModelGraph
 from sweeper.model.opset import MS_DOMAIN, ai_onnx_opset, int_container, q16_domain
-from sweeper.model.session import BoundRunner, ort_session
+from sweeper.model.session import LAYOUT, PLAIN, BoundRunner, ort_session
 from sweeper.quant.encoding import Encoding
 from sweeper.quant.fp16 import FP16_MAX
 from sweeper.quant.precision import DEFAULT_CANDIDATES, FP32, Precision
@@ -38,7 +39,7 @@ from sweeper.quant.profile import Profile
 from sweeper.sim.encodings import EncodingTable
 
 FP16_LO, FP16_HI = "sweeper::fp16_lo", "sweeper::fp16_hi"  # float16 saturation bounds (outer-scope constants)
-BRANCHED_OPS = {"Conv", "ConvTranspose", "Gemm"}
+BRANCHED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm"})
 CHAIN_OPS = {"Relu", "Clip", "MaxPool"}
 
 
@@ -66,8 +67,9 @@ class _Layer:
         return f"{self.weight}::is_"
 
 
-def find_layers(g: ModelGraph) -> dict[str, _Layer]:
-    """Weight ops simulated as If branches, each with the Relu/Clip/MaxPool chain fused after it.
+def find_layers(g: ModelGraph, ops: frozenset[str] | set[str] = BRANCHED_OPS) -> dict[str, _Layer]:
+    """Weight ops (of types ``ops``) simulated as If branches, each with the Relu/Clip/MaxPool chain fused
+    after it.
 
     Only a weight that its op alone reads becomes branch constants; a shared weight (several ops, or a
     subgraph, read it) is a run-time input that every reader sees quantized, as in the export."""
@@ -76,7 +78,7 @@ def find_layers(g: ModelGraph) -> dict[str, _Layer]:
     layers: dict[str, _Layer] = {}
     for w, wq in g.weight_quantizers.items():
         node = g.node_by_name[wq.op]
-        if node.op_type not in BRANCHED_OPS or node.input[1] != w:
+        if node.op_type not in ops or node.input[1] != w:
             continue
         if {c.name for c in g.consumers.get(w, [])} != {node.name} or w in g.subgraph_reads:
             continue
@@ -92,6 +94,42 @@ def find_layers(g: ModelGraph) -> dict[str, _Layer]:
             out = cons[0].output[0]
         layers[w] = _Layer(weight=w, nodes=chain, output=out)
     return layers
+
+
+# What ONNX Runtime does to an op that reads a Conv's output directly (no Q/DQ pair between, i.e. an activation
+# quantizer left float), which the simulation's If boundaries never allow: its NCHWc transformer converts
+# GlobalAveragePool, BatchNormalization (into a depthwise Conv), Sigmoid and Tanh to blocked-layout kernels
+# that compute in another order; an only consumer is fused into the Conv (Add/Sum as its "Sum" input,
+# activations, and ConvAdd/ConvMul/ConvBN folding). Copies, max/min, element-wise ops on a shared output and
+# the activations fused by ConvActivationFusion but not by the NCHWc transformer (HardSigmoid, HardSwish,
+# LeakyRelu: measured, the same bits fused or not) give the same results either way.
+LAYOUT_UNSAFE_READERS = {"GlobalAveragePool", "BatchNormalization", "Sigmoid", "Tanh", "Resize", "Upsample"}
+LAYOUT_SAFE_ONLY_READERS = {"Conv", "MaxPool", "AveragePool", "GlobalMaxPool", "Relu", "Clip", "Concat",
+                            "HardSigmoid", "HardSwish", "LeakyRelu",
+                            "Transpose", "Flatten", "Reshape", "Gemm", "MatMul", "Split", "Slice", "Squeeze",
+                            "Unsqueeze", "Shape"}
+
+
+def sim_mode(g: ModelGraph) -> str:
+    """LAYOUT when every quantized weight of ``g`` is a branch constant of the simulation (so ONNX Runtime's
+    layout transformer sees the same constant weights in the simulation and in the export, whose weight
+    DequantizeLinear nodes it folds) and no Conv layer's output is read in a way the transformer would
+    compute differently without the simulation's If boundary (above); PLAIN otherwise (see
+    ``sweeper.model.session``). The one rule both the simulation's sessions and the exporter's metadata
+    follow."""
+    layers = find_layers(g)
+    if set(layers) != set(g.weight_quantizers):
+        return PLAIN
+    outputs = set(g.output_names)
+    for layer in layers.values():
+        if layer.nodes[0].op_type != "Conv":
+            continue
+        readers = g.consumers.get(layer.output, [])
+        if any(r.op_type in LAYOUT_UNSAFE_READERS for r in readers):
+            return PLAIN
+        if len(readers) == 1 and layer.output not in outputs and readers[0].op_type not in LAYOUT_SAFE_ONLY_READERS:
+            return PLAIN
+    return LAYOUT
 
 
 def probe_tensor(g: ModelGraph, group: str) -> str:
@@ -129,6 +167,7 @@ class QuantSim:
         self._weight_cache: dict[tuple[str, str], np.ndarray] = {}
         self.extra_outputs = list(extra_outputs)
         self.layers = find_layers(graph)
+        self.mode = sim_mode(graph)
         self.model = self._build()
         self.session = self._session()
         self._runner = BoundRunner(self.session)
@@ -302,7 +341,7 @@ class QuantSim:
         return [helper.make_node("If", [names["m8"]], [out], then_branch=b8, else_branch=rest, name=p + "fq")]
 
     def _session(self):  # noqa: ANN202 - onnxruntime has no stubs
-        return ort_session(self.model, self.threads, exact=True)
+        return ort_session(self.model, self.threads, exact=self.mode)
 
     # -- profiles ---------------------------------------------------------------------------------
     def _act_feeds(self, t: str, enc: Encoding | None) -> dict[str, np.ndarray]:

@@ -244,7 +244,7 @@ class PrefixReuse:
 
     # -- sessions ---------------------------------------------------------------------------------
     def _session(self, model: onnx.ModelProto) -> Any:
-        return ort_session(model, self.sim.threads, exact=True)
+        return ort_session(model, self.sim.threads, exact=self.sim.mode)
 
     def _capture_model(self) -> onnx.ModelProto:
         m = onnx.ModelProto()

@@ -46,10 +46,9 @@ def test_w2a8_recovers(w2a8) -> None:  # noqa: ANN001
 
 
 def test_exported_model_is_the_adarounded_one(w2a8) -> None:  # noqa: ANN001
-    import onnx
 
     from sweeper.examples import mnist
-    from sweeper.model.session import ort_session
+    from sweeper.model.session import reference_session
     from sweeper.quant.adaround import load_rounding
 
     _, doc, _ = w2a8
@@ -57,7 +56,7 @@ def test_exported_model_is_the_adarounded_one(w2a8) -> None:  # noqa: ANN001
     assert {bits for _, bits in rounding} == {2} and len(rounding) == 5
     data = mnist.evaluation_data()
     for which, metric in (("adaround", doc["metric_after"]), ("nearest", doc["metric_before"])):
-        sess = ort_session(onnx.load(doc["exports"][which]["onnx"]), 1, optimize=False)
+        sess = reference_session(doc["exports"][which]["onnx"], 1)
         logits = np.concatenate([sess.run(None, {"input": data["input"][i:i + 256]})[0]
                                  for i in range(0, len(data["labels"]), 256)])
         assert (logits.argmax(1) == data["labels"]).mean() == pytest.approx(metric, abs=1e-9)  # export = sim

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
+
+from sweeper.model.session import reference_session
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -34,9 +35,7 @@ def test_amp_greedy_on_mnist(tmp_path: Path) -> None:
     from sweeper.examples import mnist
 
     ev = mnist.evaluation_data()
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(acc["onnx"], so, providers=["CPUExecutionProvider"])
+    sess = reference_session(acc["onnx"])  # the session options the export names for sim = export
     logits = np.concatenate([sess.run(None, {"input": ev["input"][i:i + 256]})[0] for i in range(0, 1541, 256)])
     assert float((logits.argmax(1) == ev["labels"]).mean()) == acc["metric"]
     # every evaluated profile is one MLflow child run

@@ -26,6 +26,7 @@ import yaml
 from onnx import numpy_helper
 
 from sweeper.examples.real import SUITE, SuiteModel
+from sweeper.model.session import reference_session
 from sweeper.quant.precision import DEFAULT_CANDIDATES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,11 +48,9 @@ def _baseline(experiment: Path, out: Path, cwd: Path) -> dict[str, Any]:
 
 
 def _session(path: str | Path) -> ort.InferenceSession:
-    """Plain ONNX Runtime, graph optimizations off (no Q/DQ fusion), one thread."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    """Plain ONNX Runtime, one thread, with the session options the export names for sim = export (no Q/DQ
+    fusion; NCHWc layout kernels or optimizations off, as its simulation ran)."""
+    return reference_session(str(path), 1)
 
 
 def _metric(experiment: Path) -> Callable[[Callable[..., list[np.ndarray]], dict[str, np.ndarray]], float]:

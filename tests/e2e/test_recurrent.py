@@ -13,7 +13,7 @@ import pytest
 
 import sweeper
 from sweeper.examples import recurrent
-from sweeper.model.session import ort_session
+from sweeper.model.session import reference_session
 
 pytestmark = pytest.mark.e2e
 KINDS = {
@@ -41,9 +41,9 @@ def _cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _exported_metric(onnx_path: str, kind: str) -> float:
-    """The user metric run on the exported QDQ model in plain ONNX Runtime (optimizations off)."""
+    """The user metric run on the exported QDQ model in plain ONNX Runtime (the session options it names: sim = export)."""
     _, _, ev, metric = KINDS[kind]
-    session = ort_session(Path(onnx_path).read_bytes(), optimize=False)
+    session = reference_session(onnx_path)
     run = lambda feeds: session.run(None, feeds)  # noqa: E731
     return getattr(recurrent, metric)(run, getattr(recurrent, ev)())
 

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sweeper.export import export_qdq
 from sweeper.model.graph import ModelGraph
 from sweeper.model.intake import opset_report, prepare_model
+from sweeper.model.session import reference_session
 from sweeper.quant import calibration
 from sweeper.quant.profile import Profile
 from sweeper.sim.encodings import EncodingTable, QuantConfig
@@ -64,7 +65,11 @@ class Built:
         return _session(model).run(None, self.data)
 
     def assert_sim_equals_export(self, profile: Profile) -> None:
+        """Both with optimizations off, and QuantSim's own session vs the export's reference session."""
         for a, b in zip(self.sim_out(profile), self.export_out(profile), strict=True):
+            np.testing.assert_array_equal(a, b)
+        model = export_qdq(self.graph, self.table, profile)
+        for a, b in zip(self.sim.run(self.data), reference_session(model).run(None, self.data), strict=True):
             np.testing.assert_array_equal(a, b)
 
 

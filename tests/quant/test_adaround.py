@@ -153,7 +153,7 @@ def test_a_layer_that_reconstructs_worse_keeps_nearest(build_sim) -> None:  # no
 
 def test_simulation_equals_export_with_learned_rounding(build_sim) -> None:  # noqa: ANN001
     from sweeper.export.qdq import export_qdq
-    from sweeper.model.session import ort_session
+    from sweeper.model.session import reference_session
     from sweeper.sim.quantsim import QuantSim
 
     data = cnn_data(64)
@@ -166,7 +166,7 @@ def test_simulation_equals_export_with_learned_rounding(build_sim) -> None:  # n
     sim = QuantSim(graph, work, threads=1, precisions=["w2a8", "w4a8"])
     sim.apply(prof)
     ours = sim.run(data)[0]
-    exported = ort_session(export_qdq(graph, work, prof), 1, optimize=False).run(None, data)[0]
+    exported = reference_session(export_qdq(graph, work, prof), 1).run(None, data)[0]
     assert np.array_equal(ours, exported)
     sim_nearest.apply(prof)
     assert not np.array_equal(ours, sim_nearest.run(data)[0])  # the learned integers are what both use

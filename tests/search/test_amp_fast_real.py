@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sweeper.config.experiment import load_experiment
-from sweeper.model.session import ort_session
+from sweeper.model.session import reference_session
 from sweeper.pipeline import Workspace
 from sweeper.search.amp import run_amp
 
@@ -31,7 +31,7 @@ def test_fast_amp_on_textcls_meets_the_target_in_a_few_dozen_evaluations(tmp_pat
     acc = d["accepted"]
     assert acc is not None and acc["mixed"] and acc["bops_ratio"] < 1.0  # cheaper than uniform w8a8
     # the accepted profile, exported as QDQ and scored by plain ONNX Runtime on the whole evaluation set
-    sess = ort_session(Path(acc["onnx"]).read_bytes(), 1, optimize=False)
+    sess = reference_session(acc["onnx"], 1)
     metric = ws.evaluator.evaluate(lambda feeds: sess.run(None, feeds), ws.eval_data, ws.reference)
     assert metric == pytest.approx(acc["metric"], abs=1e-9) and ws.meets(metric)
     ws.close()
