@@ -138,7 +138,16 @@ class Session:
         overrides = {k: v for k, v in (("pool", pool), ("workers", workers)) if v is not None}
         self.exp = dataclasses.replace(exp, **overrides) if overrides else exp
         self.address = address
-        self.ws = Workspace(self.exp)
+        early = self.exp.pool == "ray" and not address
+        if early:  # Ray starts while the model is prepared (cluster.pool.start_runtime_early)
+            from sweeper.cluster.pool import start_runtime_early
+
+            start_runtime_early(max(self.exp.workers * self.exp.threads_per_worker, os.cpu_count() or 1))
+        try:
+            self.ws = Workspace(self.exp)
+        except BaseException:
+            _release_early_runtime()
+            raise
         self.tracker = None
         if tracking:
             from sweeper.tracking.tracker import Tracker
@@ -277,6 +286,7 @@ class Session:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        _release_early_runtime()  # a Ray runtime started early that no pool took (nothing to evaluate)
         self.ws.close()
 
     def __enter__(self) -> Session:
@@ -284,6 +294,12 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _release_early_runtime() -> None:
+    from sweeper.cluster.pool import release_early_runtime
+
+    release_early_runtime()
 
 
 def amp_needs(candidates: Iterable[Precision]) -> Any:
