@@ -271,6 +271,22 @@ class Session:
         self.ws.use_rounding(load_rounding(Path(path)), str(path))
         self._drop_pool()
 
+    def use_model(self, model: str | os.PathLike[str]) -> None:
+        """Run every later step on another float model of the same task, an ONNX file (QAT's ``trained.onnx``):
+        prepared and calibrated afresh, its profiles judged against the original model's FP32 metric and
+        outputs; the workers are rebuilt with it."""
+        from sweeper.pipeline import Workspace
+
+        path = Path(model).resolve()
+        if not path.is_file():
+            raise SweeperError("use_model", f"{path} does not exist: expected an ONNX file")
+        spec = dataclasses.replace(self.exp.model, onnx=path, torch=None, onnx_factory=None)
+        exp = dataclasses.replace(self.exp, model=spec, rounding=None)  # AdaRound's integers were the old weights'
+        ws = Workspace(exp, reference_of=self.ws)
+        self._drop_pool()
+        old, self.ws, self.exp = self.ws, ws, exp
+        old.close()
+
     def set_output(self, output: str | os.PathLike[str]) -> None:
         """Write later steps' folders under ``output``."""
         out = Path(output).resolve()

@@ -35,7 +35,10 @@ from sweeper.sim.encodings import EncodingTable, QuantConfig
 class Workspace:
     """The prepared model, calibration, encodings, data and FP32 reference of one experiment."""
 
-    def __init__(self, exp: Experiment, threads: int | None = None) -> None:
+    def __init__(self, exp: Experiment, threads: int | None = None, reference_of: Workspace | None = None) -> None:
+        """``reference_of``: the workspace of the original model when this one holds other float weights of
+        it (QAT's trained model): its FP32 metric stays the target's base and its FP32 outputs the metric's
+        reference, so a profile of the new weights is judged against the model the user brought."""
         self.exp = exp
         self._tmp = tempfile.TemporaryDirectory(prefix="sweeper-")
         self.tmp = Path(self._tmp.name)
@@ -62,6 +65,9 @@ class Workspace:
         data = self.eval_set if self.eval_set is not None else self.eval_data
         self.reference = self.evaluator.reference_outputs(run, data) if self.evaluator.needs_reference else None
         self.fp32_metric = float(self.evaluator.evaluate(run, data, self.reference))
+        self.own_fp32_metric = self.fp32_metric  # this model's own (the target's base may be another's)
+        if reference_of is not None:
+            self.reference, self.fp32_metric = reference_of.reference, reference_of.fp32_metric
         self.fingerprint = self._fingerprint()
         if exp.data.load_on_workers:  # workers load the evaluation data themselves: hold no copy here
             self.eval_data = DataOnWorker(exp.data.evaluation, f"{exp.path}: data.evaluation",

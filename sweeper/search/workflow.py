@@ -9,7 +9,9 @@ The workflow (AIMET's recommended PTQ flow) as rules over what each step found:
 4. **Step 4** (AdaRound), when enabled and the weights are the sensitive part (w16a16 passes and w8a16 does
    not, or every w4 candidate fails): AdaRound at that weight precision, then Steps 1-3 again on the new
    weights (in ``OUTPUT/after_adaround``).
-5. **Step 5** (QAT), when enabled and the model is a PyTorch module with training data.
+5. **Step 5** (QAT), when enabled and the model is a PyTorch module with training data: QAT of the cheapest
+   failing candidate, then Steps 1-3 again on the trained float weights (in ``OUTPUT/after_qat``), judged
+   against the original model's FP32 metric.
 
 The accepted profile is the cheapest (BOPs, then estimated latency) that met the target in any step. The rules
 are plain functions of step results (:func:`cheapest_passes`, :func:`within_budget`,
@@ -274,12 +276,20 @@ def _adaround_round(s: Any, settings: WorkflowSettings, report: WorkflowReport, 
     if doc.get("kept") != "adaround":
         report.decisions.append("Step 4: nearest rounding stayed better: Steps 1-3 are not repeated")
         return
-    root = s.exp.output
-    s.use_adaround(root / "adaround")
+    s.use_adaround(s.exp.output / "adaround")
     report.decisions.append("Step 4: Steps 1-3 again on the AdaRounded weights (in after_adaround/)")
-    s.set_output(root / "after_adaround")
+    _repeat_steps(s, settings, report, fresh, show, "after_adaround")
+
+
+def _repeat_steps(s: Any, settings: WorkflowSettings, report: WorkflowReport, fresh: bool,
+                  show: Callable[[str, Any], None], folder: str) -> None:
+    """Steps 1-3 again on new weights (after AdaRound or QAT), written under ``OUTPUT/<folder>``, on one pool."""
+    root = s.exp.output
+    s.set_output(root / folder)
     try:
-        _steps_1_to_3(s, settings, report, fresh, "after_adaround/", show)
+        if hasattr(s, "pool"):
+            s.pool(workflow_needs(s.exp.candidates))
+        _steps_1_to_3(s, settings, report, fresh, f"{folder}/", show)
     finally:
         s.set_output(root)
 
@@ -302,6 +312,13 @@ def _qat_step(s: Any, settings: WorkflowSettings, report: WorkflowReport, ok: di
     show("qat", q)
     doc = q if isinstance(q, Mapping) else getattr(q, "doc", {})
     report.steps.append(doc_outcome("qat", doc, s.ws.meets, s.exp.output / "qat" / "results.json"))
+    trained = doc.get("trained_onnx")
+    if not trained or not hasattr(s, "use_model"):
+        return
+    s.use_model(trained)
+    report.decisions.append("Step 5: Steps 1-3 again on the QAT-trained weights, calibrated afresh and judged "
+                            "against the original FP32 model (in after_qat/)")
+    _repeat_steps(s, settings, report, fresh, show, "after_qat")
 
 
 __all__ = ["Outcome", "WorkflowReport", "WorkflowSettings", "amp_outcome", "baseline_outcome", "cheapest_failed",
