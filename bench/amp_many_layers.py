@@ -58,7 +58,8 @@ def run_search(s: Session, algorithm: str, workers: int) -> dict[str, Any]:
             "evals_worth": d["search_seconds"] / fp32, "evaluations": d["evaluations"],
             "metric": acc.get("metric"), "meets": acc.get("drop") is not None and s.ws.meets(acc["metric"]),
             "bops": acc.get("bops_ratio"), "profile": acc.get("profile"),
-            "noise_s": (d.get("fast") or {}).get("noise_seconds")}
+            "noise_s": (d.get("fast") or {}).get("noise_seconds"),
+            "peak_rss_mb": d.get("worker_peak_rss_mb") or {}}
 
 
 def show(model: str, groups: int, fp32_metric: float, threshold: float, r: dict[str, Any]) -> None:
@@ -68,7 +69,9 @@ def show(model: str, groups: int, fp32_metric: float, threshold: float, r: dict[
           f"{r['profile']} metric {r['metric']} (meets target: {r['meets']}) at {r['bops']:.4f}x w8a8 BOPs; "
           f"FP32 evaluation on a worker {r['fp32_s']:.3f} s (in this process {r['fp32_driver_s']:.3f} s); "
           f"one profile evaluation on a worker {r['profile_eval_s']:.3f} s (mean)"
-          + (f"; noise estimate {r['noise_s']:.2f} s" if r["noise_s"] is not None else ""), flush=True)
+          + (f"; noise estimate {r['noise_s']:.2f} s" if r["noise_s"] is not None else "")
+          + "; peak RSS per worker " + ", ".join(f"{w} {mb:.0f} MB" for w, mb in sorted(r["peak_rss_mb"].items())),
+          flush=True)
 
 
 def bench_model(model: str, exhaustive: bool, workers: int, tracking: bool, tmp: Path) -> None:
