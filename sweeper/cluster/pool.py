@@ -546,11 +546,20 @@ class _Dispatch:
             call = self.retry.pop(0) if self.retry else next_call()
             if call is None:
                 return True
-            actor = self.slots.pop(0)
+            actor = self._least_busy_slot()
             tag, args = call
             with self.pool._gate.call():
                 self.running[actor.call.remote(self.method, *args)] = (actor, tag, args)
         return exhausted
+
+    def _least_busy_slot(self) -> Any:
+        """Take the free slot of the worker with the fewest calls in flight: a round of fewer calls than slots
+        (two per worker) goes to as many workers as it can, not two to the first one."""
+        busy: dict[int, int] = {}
+        for a, _, _ in self.running.values():
+            busy[id(a)] = busy.get(id(a), 0) + 1
+        i = min(range(len(self.slots)), key=lambda k: (busy.get(id(self.slots[k]), 0), k))
+        return self.slots.pop(i)
 
     def check_start_deadline(self) -> None:
         """No call running, only replacements starting: they have START_WAIT_SECONDS to come up."""
