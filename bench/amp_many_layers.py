@@ -45,7 +45,7 @@ def fp32_on_workers(pool: Any, workers: int, reps: int = 3) -> float:
 def run_search(s: Session, algorithm: str, workers: int) -> dict[str, Any]:
     """One AMP search on the session's pool, from scratch (no study, no profile the workspace knows)."""
     s.ws.evaluated.clear()  # a workflow reuses what an earlier step evaluated: not here
-    pool = s.pool(amp_needs(s.exp.candidates))
+    pool = s.pool(amp_needs(s.exp.candidates, algorithm, len(s.ws.graph.groups)))
     list(pool.map_calls("pid", [()] * workers))  # actors up before the clock starts
     plain, fp32 = fp32_eval_seconds(s.ws), fp32_on_workers(pool, workers)
     rep = s.amp(algorithm=algorithm, fresh=True, measure=False)

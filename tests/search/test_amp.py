@@ -160,3 +160,17 @@ def test_auto_is_the_exhaustive_greedy_on_small_models_and_fast_on_large_ones() 
     assert resolve_algorithm("auto", 128, 6) == "fast"  # the real classifier: 646
     assert resolve_algorithm("auto", AUTO_EXHAUSTIVE_MAX, 2) == "fast"
     assert resolve_algorithm("greedy", 383, 6) == "greedy" and resolve_algorithm("fast", 2, 2) == "fast"
+
+
+def test_prefix_reuse_only_where_greedy_phase_1_runs() -> None:
+    """AMP's workers get prefix reuse (memory and start-up) only when greedy's phase 1 changes one group of
+    the baseline at a time; the fast search's probes would never run from a stored prefix."""
+    from sweeper.api import amp_needs
+    from sweeper.quant.precision import Precision
+
+    cands = [Precision.parse(p) for p in ("w8a8", "w4a8", "fp16")]
+    assert amp_needs(cands, "greedy", 300).reuse and amp_needs(cands, "greedy+optuna", 300).reuse
+    assert not amp_needs(cands, "fast", 5).reuse and not amp_needs(cands, "fast+optuna", 5).reuse
+    assert amp_needs(cands, "auto", 5).reuse  # auto: greedy on a few groups
+    assert not amp_needs(cands, "auto", 300).reuse  # and fast on hundreds
+    assert amp_needs(cands, "fast", 5).extra_precisions == ("w8a8", "w4a8", "fp16")
