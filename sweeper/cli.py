@@ -286,7 +286,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         save_export(model, ws.table.to_aimet(profile), out, out.with_suffix(".encodings"))
     finally:
         ws.close()
+    from sweeper.model.session import describe_mode, reference_mode
+
     print(f"exported {profile.label()} -> {out} and {out.with_suffix('.encodings')}")
+    print(f"it reproduces the simulation bit for bit under {describe_mode(reference_mode(model))} "
+          "(sweeper.model.session.reference_session opens it so)")
     return 0
 
 

@@ -61,6 +61,13 @@ def reference_mode(model: onnx.ModelProto) -> str:
     return next((p.value for p in model.metadata_props if p.key == REFERENCE_KEY), PLAIN)
 
 
+def describe_mode(mode: str) -> str:
+    """The session options of ``mode`` in words (what ``sweeper export`` prints)."""
+    if mode == LAYOUT:
+        return "ONNX Runtime's default optimizations with session.disable_quant_qdq=1"
+    return "graph optimizations off (ORT_DISABLE_ALL) with session.disable_prepacking=1"
+
+
 def reference_session(model: onnx.ModelProto | bytes | str, threads: int = 1) -> Any:
     """A session of an exported QDQ model (a ModelProto, its bytes or its path) under the options with which
     it reproduces the simulation bit for bit: LAYOUT's for a LAYOUT export, optimizations off otherwise."""

@@ -169,6 +169,7 @@ def test_export_rejects_the_options_it_would_ignore(tmp_path: Path, args: list[s
 def _good_encodings(tmp: Path, exp: Path) -> dict:
     res = _run(["export", str(exp), "--precision", "w8a8", "--out", str(tmp / "good.onnx")], tmp)
     assert res.returncode == 0, res.stderr
+    assert "reproduces the simulation bit for bit under" in res.stdout  # the session options, named
     return json.loads((tmp / "good.encodings").read_text())
 
 
