@@ -65,7 +65,6 @@ class Workspace:
         data = self.eval_set if self.eval_set is not None else self.eval_data
         self.reference = self.evaluator.reference_outputs(run, data) if self.evaluator.needs_reference else None
         self.fp32_metric = float(self.evaluator.evaluate(run, data, self.reference))
-        self.own_fp32_metric = self.fp32_metric  # this model's own (the target's base may be another's)
         if reference_of is not None:
             self.reference, self.fp32_metric = reference_of.reference, reference_of.fp32_metric
         self.fingerprint = self._fingerprint()

@@ -71,10 +71,10 @@ def describe_mode(mode: str) -> str:
 def reference_session(model: onnx.ModelProto | bytes | str, threads: int = 1) -> Any:
     """A session of an exported QDQ model (a ModelProto, its bytes or its path) under the options with which
     it reproduces the simulation bit for bit: LAYOUT's for a LAYOUT export, optimizations off otherwise."""
-    if isinstance(model, str) or not isinstance(model, (bytes, onnx.ModelProto)):
-        model = onnx.load(str(model))
-    elif isinstance(model, bytes):
+    if isinstance(model, bytes):
         model = onnx.load_from_string(model)
+    elif not isinstance(model, onnx.ModelProto):  # a path
+        model = onnx.load(str(model))
     if reference_mode(model) == LAYOUT:
         return ort_session(model, threads, exact=LAYOUT)
     return ort_session(model, threads, optimize=False)

@@ -39,7 +39,7 @@ from sweeper.quant.profile import Profile
 from sweeper.sim.encodings import EncodingTable
 
 FP16_LO, FP16_HI = "sweeper::fp16_lo", "sweeper::fp16_hi"  # float16 saturation bounds (outer-scope constants)
-BRANCHED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm"})
+BRANCHED_OPS = {"Conv", "ConvTranspose", "Gemm"}
 CHAIN_OPS = {"Relu", "Clip", "MaxPool"}
 
 
@@ -67,9 +67,8 @@ class _Layer:
         return f"{self.weight}::is_"
 
 
-def find_layers(g: ModelGraph, ops: frozenset[str] | set[str] = BRANCHED_OPS) -> dict[str, _Layer]:
-    """Weight ops (of types ``ops``) simulated as If branches, each with the Relu/Clip/MaxPool chain fused
-    after it.
+def find_layers(g: ModelGraph) -> dict[str, _Layer]:
+    """Weight ops simulated as If branches, each with the Relu/Clip/MaxPool chain fused after it.
 
     Only a weight that its op alone reads becomes branch constants; a shared weight (several ops, or a
     subgraph, read it) is a run-time input that every reader sees quantized, as in the export."""
@@ -78,7 +77,7 @@ def find_layers(g: ModelGraph, ops: frozenset[str] | set[str] = BRANCHED_OPS) ->
     layers: dict[str, _Layer] = {}
     for w, wq in g.weight_quantizers.items():
         node = g.node_by_name[wq.op]
-        if node.op_type not in ops or node.input[1] != w:
+        if node.op_type not in BRANCHED_OPS or node.input[1] != w:
             continue
         if {c.name for c in g.consumers.get(w, [])} != {node.name} or w in g.subgraph_reads:
             continue
@@ -110,14 +109,14 @@ LAYOUT_SAFE_ONLY_READERS = {"Conv", "MaxPool", "AveragePool", "GlobalMaxPool", "
                             "Unsqueeze", "Shape"}
 
 
-def sim_mode(g: ModelGraph) -> str:
+def sim_mode(g: ModelGraph, layers: dict[str, _Layer] | None = None) -> str:
     """LAYOUT when every quantized weight of ``g`` is a branch constant of the simulation (so ONNX Runtime's
     layout transformer sees the same constant weights in the simulation and in the export, whose weight
     DequantizeLinear nodes it folds) and no Conv layer's output is read in a way the transformer would
     compute differently without the simulation's If boundary (above); PLAIN otherwise (see
     ``sweeper.model.session``). The one rule both the simulation's sessions and the exporter's metadata
-    follow."""
-    layers = find_layers(g)
+    follow. ``layers``: :func:`find_layers` of ``g``, when the caller has them."""
+    layers = find_layers(g) if layers is None else layers
     if set(layers) != set(g.weight_quantizers):
         return PLAIN
     outputs = set(g.output_names)
@@ -167,7 +166,7 @@ class QuantSim:
         self._weight_cache: dict[tuple[str, str], np.ndarray] = {}
         self.extra_outputs = list(extra_outputs)
         self.layers = find_layers(graph)
-        self.mode = sim_mode(graph)
+        self.mode = sim_mode(graph, self.layers)
         self.model = self._build()
         self.session = self._session()
         self._runner = BoundRunner(self.session)
