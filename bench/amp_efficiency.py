@@ -20,7 +20,7 @@ from pathlib import Path
 from _common import fp32_eval_seconds, mnist_workspace
 
 from sweeper.quant.precision import Precision
-from sweeper.search.amp import run_amp
+from sweeper.search.amp.step import run_amp
 from sweeper.tracking.tracker import Tracker
 
 CANDIDATES = "w2a8,w4a4,w4a8,w8a8,w8a16,fp16"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from _common import mixed_profiles, mnist_workspace
 
-from sweeper.cluster.pool import RayPool, ray_runtime
+from sweeper.cluster.ray_pool import RayPool
+from sweeper.cluster.runtime import ray_runtime
 from sweeper.replica import Replica
 from sweeper.search.evaluate import Sweep
 from sweeper.sim.quantsim import QuantSim

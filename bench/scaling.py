@@ -11,7 +11,8 @@ import time
 
 from _common import mixed_profiles, mnist_workspace
 
-from sweeper.cluster.pool import RayPool, ray_runtime
+from sweeper.cluster.ray_pool import RayPool
+from sweeper.cluster.runtime import ray_runtime
 from sweeper.replica import Replica
 
 

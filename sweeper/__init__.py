@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
+from sweeper.version import __version__
+
 __all__ = ["Experiment", "Session", "SweeperError", "__version__", "experiment", "load_experiment"]
 
 

@@ -1,3 +1,5 @@
+"""``python -m sweeper``: the command line (:mod:`sweeper.cli`)."""
+
 from __future__ import annotations
 
 import sys

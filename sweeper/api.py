@@ -18,15 +18,17 @@ layer over this module.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from sweeper.config.experiment import (
+from sweeper.config.spec import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_CANDIDATES,
+    DEFAULT_POOL,
     DEFAULT_REUSE_MB,
+    DEFAULT_WORKERS,
     POOLS,
     CalibrationSpec,
     DataSpec,
@@ -34,7 +36,7 @@ from sweeper.config.experiment import (
     ModelSpec,
 )
 from sweeper.errors import SweeperError
-from sweeper.quant.precision import Precision
+from sweeper.quant.precision import DEFAULT_CANDIDATES, Precision
 from sweeper.quant.profile import Profile
 
 ModelLike = Any  # str | os.PathLike | onnx.ModelProto | torch.nn.Module | Callable[[], ...]
@@ -81,7 +83,8 @@ def experiment(name: str, model: ModelLike, calibration: DataLike, evaluation: D
                metric: str | Callable[..., float] = "top1", higher_is_better: bool = True,
                max_drop: float = 0.01, candidates: Iterable[str | Precision] = DEFAULT_CANDIDATES,
                batch_size: int = DEFAULT_BATCH_SIZE, example_input: Any = None, metric_output: str | None = None,
-               output: str | os.PathLike[str] | None = None, pool: str = "local", workers: int = 1,
+               output: str | os.PathLike[str] | None = None, pool: str = DEFAULT_POOL,
+               workers: int = DEFAULT_WORKERS,
                threads_per_worker: int = 1, calibration_scheme: str = "minmax", calibration_samples: int | None = None,
                act_symmetric: bool = False, weight_symmetric: bool = True, per_channel: bool = True,
                tracking_uri: str | None = None, study_storage: str | None = None, cost_target: str = "npu_generic",
@@ -94,7 +97,8 @@ def experiment(name: str, model: ModelLike, calibration: DataLike, evaluation: D
         raise SweeperError("name", f"found {name!r}: expected a non-empty name without spaces or slashes")
     if isinstance(metric, str) and metric in ("top1", "cosine", "sqnr") and not higher_is_better:
         raise SweeperError("higher_is_better", f"built-in metric {metric} is higher-is-better")
-    if not (isinstance(max_drop, int | float) and max_drop >= 0):
+    if isinstance(max_drop, bool) or not (isinstance(max_drop, int | float) and math.isfinite(max_drop)
+                                          and max_drop >= 0):
         raise SweeperError("max_drop", f"found {max_drop!r}: expected a number >= 0")
     for arg, value, least in (("batch_size", batch_size, 1), ("workers", workers, 1),
                               ("threads_per_worker", threads_per_worker, 1), ("reuse_memory_mb", reuse_memory_mb, 0)):
@@ -139,8 +143,8 @@ class Session:
         self.exp = dataclasses.replace(exp, **overrides) if overrides else exp
         self.address = address
         early = self.exp.pool == "ray" and not address
-        if early:  # Ray starts while the model is prepared (cluster.pool.start_runtime_early)
-            from sweeper.cluster.pool import start_runtime_early
+        if early:  # Ray starts while the model is prepared (cluster.runtime.start_runtime_early)
+            from sweeper.cluster.runtime import start_runtime_early
 
             start_runtime_early(max(self.exp.workers * self.exp.threads_per_worker, os.cpu_count() or 1))
         try:
@@ -186,31 +190,32 @@ class Session:
 
         return self.run_step(BaselineStep(self.ws), fresh)
 
-    def analyze(self, base: str | Precision = "w8a8", ranking: str = "enable_one", fresh: bool = False) -> Any:
-        """Step 2a: per-group sensitivity (an :class:`~sweeper.search.analyzer.AnalysisReport`)."""
+    def analyze(self, precision: str | Precision = "w8a8", ranking: str = "enable_one", fresh: bool = False, *,
+                base: str | Precision | None = None) -> Any:
+        """Step 2a: per-group sensitivity at a uniform ``precision`` (an
+        :class:`~sweeper.search.analyzer.AnalysisReport`); ``base=`` is the older name of ``precision``."""
         from sweeper.search.analyzer import AnalyzeStep
 
-        return self.run_step(AnalyzeStep(self.ws, _prec(base, "base"), ranking), fresh)
+        return self.run_step(AnalyzeStep(self.ws, _prec(_renamed(precision, base), "precision"), ranking), fresh)
 
-    def litemp(self, base: str | Precision = "w8a8", high: str | Precision = "fp16",
-               ks: tuple[float, ...] | None = None, ranking: str = "enable_one", fresh: bool = False) -> Any:
-        """Step 2b: flip the most sensitive groups to ``high`` (a :class:`~sweeper.search.litemp.LiteMPReport`);
-        runs the analysis first when there is no ranking for ``base``."""
-        from sweeper.search.analyzer import AnalyzeStep
-        from sweeper.search.litemp import DEFAULT_KS, LiteMPStep, load_ranking
+    def litemp(self, precision: str | Precision = "w8a8", high: str | Precision = "fp16",
+               ks: tuple[float, ...] | None = None, ranking: str = "enable_one", fresh: bool = False, *,
+               base: str | Precision | None = None) -> Any:
+        """Step 2b: flip the most sensitive groups of the uniform ``precision`` to ``high`` (a
+        :class:`~sweeper.search.litemp.LiteMPReport`); runs the analysis first when there is no ranking for it
+        (:func:`~sweeper.search.litemp.run_litemp`, on one pool that covers both). ``base=`` is the older name
+        of ``precision``."""
+        from sweeper.search.litemp import DEFAULT_KS, litemp_needs, run_litemp
 
-        b, h = _prec(base, "base"), _prec(high, "high")
-        ranked = load_ranking(self.ws, b, ranking)
-        if ranked is None:
-            ranked = [g["name"] for g in self.run_step(AnalyzeStep(self.ws, b, ranking), fresh).doc["groups"]]
-        step = LiteMPStep(self.ws, ranked, b, h, tuple(ks or DEFAULT_KS), ranking, workers=self.exp.workers)
-        return self.run_step(step, fresh)
+        b, h = _prec(_renamed(precision, base), "precision"), _prec(high, "high")
+        return run_litemp(self.ws, self.pool(litemp_needs(b, h)), self.tracker, b, h, tuple(ks or DEFAULT_KS),
+                          ranking, fresh)
 
     def amp(self, candidates: Iterable[str | Precision] | None = None, algorithm: str = "auto",
             cost: str = "bops", objective: str = "multi", trials: int = 100, timeout: float | None = None,
             fresh: bool = False, measure: bool = True) -> Any:
-        """Step 3: automatic mixed precision (an :class:`~sweeper.search.amp.AMPReport`)."""
-        from sweeper.search.amp import run_amp
+        """Step 3: automatic mixed precision (an :class:`~sweeper.search.amp.step.AMPReport`)."""
+        from sweeper.search.amp.step import run_amp
 
         cands = [_prec(c, "candidates") for c in (candidates or self.exp.candidates)]
         pool = self.pool(amp_needs(cands, algorithm, len(self.ws.graph.groups)))
@@ -220,8 +225,8 @@ class Session:
     def adaround(self, precision: str | Precision = "w4a8", iterations: int = 1000, fresh: bool = False) -> Any:
         """Step 4: AdaRound at a uniform precision, kept only when it evaluates better than nearest rounding
         (the ``results.json`` document); :meth:`use_adaround` runs later steps on the kept weights."""
-        from sweeper.quant.adaround import AdaRoundConfig
         from sweeper.search.adaround import AdaRoundStep
+        from sweeper.techniques.adaround.optimize import AdaRoundConfig
 
         return self.run_step(AdaRoundStep(self.ws, _prec(precision, "precision"), AdaRoundConfig(iterations)), fresh)
 
@@ -238,26 +243,18 @@ class Session:
         return run_step(step, self.ws, None, self.tracker, fresh).value  # no worker pool: it trains in process
 
     def export(self, profile: str | Precision | Profile | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
-        """One profile (a uniform precision, a Profile, or an AIMET encodings file) as QDQ ONNX plus
-        ``.encodings`` next to it; returns the ONNX path."""
-        from sweeper.export.encodings_io import read_encodings, save_export
-        from sweeper.export.qdq import export_qdq
+        """One profile (a uniform precision, a Profile, or an AIMET encodings file, checked against the model) as
+        QDQ ONNX plus ``.encodings`` next to it; returns the ONNX path (:mod:`sweeper.export.profile`, which
+        ``sweeper export`` uses too)."""
+        from sweeper.export.profile import export_profile, resolve_profile
 
-        ws = self.ws
-        if isinstance(profile, os.PathLike) or (isinstance(profile, str) and profile.endswith(".encodings")):
-            prof = ws.table.load_aimet(read_encodings(profile))
-        elif isinstance(profile, Profile):
-            prof = profile
-        else:
-            prof = Profile.uniform([g.name for g in ws.graph.groups], _prec(profile, "profile"))
-        path = Path(out)
-        save_export(export_qdq(ws.graph, ws.table, prof), ws.table.to_aimet(prof), path, path.with_suffix(".encodings"))
-        return path
+        prof = resolve_profile(self.ws.graph, self.ws.table, profile, "profile")
+        return export_profile(self.ws.graph, self.ws.table, prof, out)[0]
 
     def run(self, settings: Any = None, fresh: bool = False,
             show: Callable[[str, Any], None] = lambda name, value: None) -> Any:
         """The whole workflow with its decision rules (a :class:`~sweeper.search.workflow.WorkflowReport`);
-        ``settings``: a :class:`~sweeper.search.workflow.WorkflowSettings` (default: the experiment's
+        ``settings``: a :class:`~sweeper.config.experiment.WorkflowSpec` (default: the experiment's
         ``workflow`` section)."""
         from sweeper.search.workflow import run_workflow
 
@@ -266,7 +263,7 @@ class Session:
     def use_adaround(self, path: str | os.PathLike[str]) -> None:
         """Run every later step on AdaRound's learned weights (an ``adaround`` folder or its rounding.npz);
         the workers are rebuilt with them."""
-        from sweeper.quant.adaround import load_rounding
+        from sweeper.techniques.adaround.rounding_file import load_rounding
 
         self.ws.use_rounding(load_rounding(Path(path)), str(path))
         self._drop_pool()
@@ -313,7 +310,7 @@ class Session:
 
 
 def _release_early_runtime() -> None:
-    from sweeper.cluster.pool import release_early_runtime
+    from sweeper.cluster.runtime import release_early_runtime
 
     release_early_runtime()
 
@@ -323,11 +320,16 @@ def amp_needs(candidates: Iterable[Precision], algorithm: str = "greedy", groups
     group of the baseline at a time). The fast search's probes share no prefix with a reference: reuse would
     only cost memory and start-up (measured on the layout detector: 3.9 GB per worker instead of 1.2 GB,
     and 20 s more of worker start, for no faster search)."""
-    from sweeper.search.amp import resolve_algorithm
+    from sweeper.search.amp.common import resolve_algorithm
     from sweeper.search.step import PoolNeeds
 
     names = tuple(c.name for c in candidates)
     return PoolNeeds(names, reuse="greedy" in resolve_algorithm(algorithm, groups, len(names)))
+
+
+def _renamed(precision: str | Precision, base: str | Precision | None) -> str | Precision:
+    """``precision``, or the value given under its older keyword ``base``."""
+    return precision if base is None else base
 
 
 def _prec(p: str | Precision, arg: str) -> Precision:

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from sweeper.cluster.pool import WorkerPool, make_pool
-from sweeper.config.experiment import Experiment
+from sweeper.config.spec import Experiment
 from sweeper.errors import SweeperError
 from sweeper.eval.data import Dataset, check_dataset, input_specs_from_onnx, load_dataset
 from sweeper.eval.metrics import make_evaluator
@@ -76,7 +76,7 @@ class Workspace:
         # evaluated it (sweeper.search.evaluate.Sweep reads and fills it)
         self.evaluated: dict[str, dict[str, float]] = {}
         if getattr(exp, "rounding", None) is not None:  # AdaRound's learned weights (the experiment's rounding key)
-            from sweeper.quant.adaround import load_rounding
+            from sweeper.techniques.adaround.rounding_file import load_rounding
 
             self.use_rounding(load_rounding(exp.rounding, graph=self.graph), str(exp.rounding))
 
@@ -185,7 +185,7 @@ class Workspace:
         """What a stored metric depends on, by content: the prepared model, the data, the metric (and its
         code, for a user metric), every quantization setting and the sweeper version. Resumed studies are
         keyed by it, so a retrained model or new data at the same path is evaluated afresh."""
-        from sweeper import __version__
+        from sweeper.version import __version__
 
         exp = self.exp
         return {"model": hashlib.sha256(self.prepared.SerializeToString()).hexdigest(),

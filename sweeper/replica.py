@@ -9,7 +9,6 @@ done here by each concept's own code:
                       :mod:`sweeper.sim.reuse` prefix reuse, :mod:`sweeper.eval.metrics`)
 ``fp32_eval``         the same evaluation of the FP32 model (the denominator of every ratio)
 ``layer_sqnr``        one layer output's SQNR under a profile (:mod:`sweeper.sim.probe`)
-``measure_latency``   measured CPU latency of an exported model (:mod:`sweeper.cost.measure`)
 ``render_plot``       one plot of a step's report (:mod:`sweeper.report`)
 ===================== ======================================================================
 
@@ -23,10 +22,8 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -258,12 +255,6 @@ class Replica:
 
         return render_plot(doc, name)
 
-    def measure_latency(self, model: bytes) -> float:
-        """Measured ONNX Runtime CPU latency (ms, 1 thread) of an exported model on one evaluation batch."""
-        from sweeper.cost.measure import measure_latency_ms
-
-        return measure_latency_ms(model, self.first_batch())
-
     def peak_rss_mb(self) -> float:
         return peak_rss_mb()
 
@@ -295,21 +286,5 @@ def render_in_background(pool: Any, doc: dict[str, Any], name: str) -> Future[by
     return future
 
 
-def measure_on_workers(pool: Any, models: dict[str, Path], feeds: Callable[[], dict[str, np.ndarray]]
-                       ) -> dict[str, float]:
-    """Measured latency (ms) of exported models, one model per worker at a time (each worker runs on its own
-    CPU, 1 thread); here, in process, on ``feeds()`` when the pool never started."""
-    if not models:
-        return {}
-    names = list(models)
-    if _not_started(pool):
-        from sweeper.cost.measure import measure_latency_ms
-
-        one_run = feeds()
-        return {n: measure_latency_ms(models[n], one_run) for n in names}
-    calls = [(models[n].read_bytes(),) for n in names]
-    return {names[i]: float(ms) for i, ms in pool.map_calls("measure_latency", calls)}
-
-
 __all__ = ["DataOnWorker", "Evaluation", "Exchange", "Replica", "WorkerSpec", "available_mb",
-           "measure_on_workers", "peak_rss_mb", "render_in_background", "reuse_budget_mb"]
+           "peak_rss_mb", "render_in_background", "reuse_budget_mb"]

@@ -163,6 +163,16 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "process; a dying runtime must not take the test runner down)")
 
 
+# Two tiers (docs/development.md). `bash scripts/test.sh` runs `-m "not slow"`: the unit tests on tiny graphs and
+# the end-to-end tests marked ``smoke`` (one real Ray + MLflow CLI run with sim = export, the README's Python
+# example, one real pretrained model). Every other ``e2e`` test is ``slow``: only `bash scripts/test.sh --all`
+# (CI) runs it. A unit test that takes more than a few seconds carries ``slow`` itself.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e") is not None and item.get_closest_marker("smoke") is None:
+            item.add_marker(pytest.mark.slow)
+
+
 def _run_isolated(item: pytest.Function) -> None:
     """Run one test in a child pytest (own process group); fail with the child's output unless it passed."""
     import signal

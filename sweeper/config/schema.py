@@ -1,6 +1,6 @@
 """JSON Schema of the experiment file, for editors (completion, validation while typing).
 
-The validator in :mod:`sweeper.config.experiment` stays the authority (it checks what a schema cannot:
+The validator in :mod:`sweeper.config.sections` stays the authority (it checks what a schema cannot:
 files exist, import paths import, the output folder is writable); this schema describes the same keys, and
 a test keeps the two in step. ``sweeper schema`` prints it; an editor points at it with a modeline such as
 ``# yaml-language-server: $schema=experiment.schema.json``.
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sweeper.config import experiment as cfg
+from sweeper.config import spec as cfg
 from sweeper.eval.metrics import BUILTIN_METRICS
 from sweeper.quant.encoding import SCHEMES
+from sweeper.quant.precision import DEFAULT_CANDIDATES
 
 PRECISION = {"type": "string", "pattern": r"^(w(2|4|8|16)a(2|4|8|16|32)|w32a(2|4|8|16)|fp16|fp32)$",
              "description": "wXaY (X, Y in 2, 4, 8, 16; 32 = left float) or fp16"}
@@ -55,7 +56,7 @@ def experiment_schema() -> dict[str, Any]:
         "target": _obj({"max_drop": {"type": "number", "minimum": 0,
                                      "description": "allowed absolute drop vs FP32, in metric units"}}, ("max_drop",)),
         "candidates": {"type": "array", "items": PRECISION, "minItems": 1, "uniqueItems": True,
-                       "default": list(cfg.DEFAULT_CANDIDATES)},
+                       "default": list(DEFAULT_CANDIDATES)},
         "calibration": _obj({
             "scheme": {"enum": list(SCHEMES), "default": "minmax"},
             "percentile": {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "default": cfg.DEFAULT_PERCENTILE},
@@ -66,7 +67,7 @@ def experiment_schema() -> dict[str, Any]:
             "bias": {"enum": list(cfg.BIAS_MODES), "default": "int32"},
         }),
         "workers": {"type": "integer", "minimum": 1, "default": cfg.DEFAULT_WORKERS},
-        "pool": {"enum": list(cfg.POOLS), "default": "ray"},
+        "pool": {"enum": list(cfg.POOLS), "default": cfg.DEFAULT_POOL},
         "threads_per_worker": {"type": "integer", "minimum": 1, "default": 1},
         "reuse_memory_mb": {"type": "integer", "minimum": 0, "default": cfg.DEFAULT_REUSE_MB,
                             "description": "per worker, for prefix reuse; 0 turns it off"},
@@ -87,10 +88,10 @@ def experiment_schema() -> dict[str, Any]:
                                   "description": "Step 2 stops only when its profile is estimated this fast"},
             "adaround": {"type": "boolean", "default": False,
                          "description": "Step 4 (AdaRound) when the weights are the sensitive part"},
-            "adaround_precision": {"type": "string", "description": "default: the failing weight precision"},
+            "adaround_precision": {**PRECISION, "description": "default: the failing weight precision"},
             "adaround_iterations": {"type": "integer", "minimum": 1},
             "qat": {"type": "boolean", "default": False, "description": "Step 5 (QAT) for a PyTorch model"},
-            "qat_profile": {"type": "string", "description": "default: the cheapest candidate that failed Step 1"}},
+            "qat_profile": {**PRECISION, "description": "default: the cheapest candidate that failed Step 1"}},
             description="how sweeper run walks the steps"),
     }
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sweeper experiment",

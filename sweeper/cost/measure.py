@@ -69,21 +69,6 @@ def _batch_of(feeds: Mapping[str, np.ndarray]) -> int:
     return int(first.shape[0]) if first.ndim > 0 else 1
 
 
-def measure_latency_ms(model: Path | bytes, feeds: Mapping[str, np.ndarray], repeats: int = 15,
-                       budget_s: float = 0.3, min_runs: int = 5) -> float:
-    """Median latency (ms) of one whole run on ``feeds`` (not per sample): one warm-up run, then up to
-    ``repeats`` timed runs (at least ``min_runs``, stopping once ``budget_s`` is spent)."""
-    sess = cpu_session(model)
-    sess.run(None, dict(feeds))
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats and (len(times) < min_runs or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        sess.run(None, dict(feeds))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
-
-
 def measure_interleaved(models: Mapping[str, Path | bytes], feeds: Mapping[str, np.ndarray], *,
                         rounds: int = 15, min_rounds: int = 5, budget_s: float = 20.0,
                         seed: int = 0) -> dict[str, LatencyStats]:

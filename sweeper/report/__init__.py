@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sweeper.report.sensitivity import shorten_names, write_sensitivity_report
+from sweeper.report.sensitivity import write_sensitivity_report
+from sweeper.report.sensitivity_view import shorten_names
 
 
 def render_plot(doc: dict[str, Any], name: str) -> bytes | None:
@@ -14,7 +15,7 @@ def render_plot(doc: dict[str, Any], name: str) -> bytes | None:
         from sweeper.report.amp import render_pareto
 
         return render_pareto(doc)
-    from sweeper.report.sensitivity import render_plot as sensitivity_plot
+    from sweeper.report.sensitivity_plots import render_plot as sensitivity_plot
 
     return sensitivity_plot(doc, name)
 

@@ -29,19 +29,13 @@ import numpy as np
 
 from sweeper.errors import SweeperError
 from sweeper.pipeline import Workspace
-from sweeper.quant.adaround import (
-    ROUNDING_FILE,
-    AdaRoundConfig,
-    AdaRoundResult,
-    adaround,
-    load_rounding,
-    save_rounding,
-    working_table,
-)
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
 from sweeper.search.evaluate import Evaluated
 from sweeper.search.step import Batch, PoolNeeds, Step, StepContext, StepOutput
+from sweeper.techniques.adaround.driver import AdaRoundResult, adaround, working_table
+from sweeper.techniques.adaround.optimize import AdaRoundConfig
+from sweeper.techniques.adaround.rounding_file import ROUNDING_FILE, load_rounding, save_rounding
 
 
 class AdaRoundStep(Step):
@@ -122,7 +116,7 @@ class AdaRoundStep(Step):
         save_rounding(ctx.staging / ROUNDING_FILE, res.rounding, kept, self.precision.name)
         metric = after if kept == "adaround" else near.metric
         doc = self._doc(ctx, res, after, after_s, kept, metric, (onnx_path, enc_path), time.perf_counter() - t0)
-        metrics = {"metric_before": near.metric, "metric_after": after, "metric": metric,
+        metrics = {"metric_before": near.metric, "metric_after": after, "metric_kept": metric,
                    "kept_adaround": float(kept == "adaround"), "adaround_seconds": res.seconds,
                    "fp32_metric": ws.fp32_metric}
         return StepOutput(doc, metrics, artifacts=[ROUNDING_FILE, "adaround.onnx", "adaround.encodings"])
@@ -136,9 +130,9 @@ class AdaRoundStep(Step):
                    "adaround": {"onnx": learned[0], "encodings": learned[1]}}
         c = self.config
         return {
-            "experiment": ws.exp.name, "metric_name": ws.exp.metric, "fp32_metric": ws.fp32_metric,
+            "experiment": ws.exp.name, "metric": ws.exp.metric, "fp32_metric": ws.fp32_metric,
             "max_drop": ws.exp.max_drop, "precision": self.precision.name,
-            "metric_before": near.metric, "metric_after": after, "kept": kept, "metric": metric,
+            "metric_before": near.metric, "metric_after": after, "kept": kept, "metric_kept": metric,
             "drop": ws.drop(metric), "meets_target": ws.meets(metric), "bops_ratio": near.bops_ratio,
             "size_mb": near.size_mb, "est_latency_ms": near.est_latency_ms,
             "iterations": c.iterations, "seconds": round(res.seconds, 3), "step_seconds": round(seconds, 3),
@@ -166,7 +160,7 @@ def format_adaround(doc: dict[str, Any]) -> str:
                  f"(FP32 {doc['fp32_metric']:.4f}, {doc['iterations']} iterations, {doc['seconds']:.1f} s)")
     verdict = ("AdaRound kept" if doc["kept"] == "adaround"
                else "nearest kept (AdaRound did not evaluate better)")
-    lines.append(f"{verdict}: {doc['metric']:.4f}, {'meets' if doc['meets_target'] else 'misses'} the target")
+    lines.append(f"{verdict}: {doc['metric_kept']:.4f}, {'meets' if doc['meets_target'] else 'misses'} the target")
     return "\n".join(lines)
 
 

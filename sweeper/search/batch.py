@@ -4,10 +4,13 @@ reported in the summary."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from sweeper.errors import SweeperError
 
@@ -42,24 +45,25 @@ def experiment_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def run_batch(files: list[Path], *, pool_kind: str | None, workers: int | None, address: str | None,
-              tracking: bool, output: Path | None = None) -> list[BatchRow]:
-    """The workflow on every experiment file, one after the other, their workers on one Ray runtime."""
-    from sweeper.cluster.pool import ray_runtime
+def run_batch(files: list[Path], open_session: Callable[..., Any], *, pool_kind: str | None, workers: int | None,
+              address: str | None, tracking: bool, output: Path | None = None) -> list[BatchRow]:
+    """The workflow on every experiment file, one after the other, their workers on one Ray runtime.
+    ``open_session(exp, tracking=, pool=, workers=, address=)`` prepares one model (the face's
+    :class:`sweeper.api.Session`, handed down so that this layer imports nothing above it)."""
+    from sweeper.cluster.runtime import ray_runtime
 
     rows: list[BatchRow] = []
-    with ray_runtime(address) if pool_kind != "local" else _nullcontext():
+    with ray_runtime(address) if pool_kind != "local" else contextlib.nullcontext():
         for f in files:
-            rows.append(_run_one(f, pool_kind, workers, address, tracking, output))
+            rows.append(_run_one(f, open_session, pool_kind, workers, address, tracking, output))
     return rows
 
 
-def _run_one(f: Path, pool_kind: str | None, workers: int | None, address: str | None, tracking: bool,
-             output: Path | None) -> BatchRow:
+def _run_one(f: Path, open_session: Callable[..., Any], pool_kind: str | None, workers: int | None,
+             address: str | None, tracking: bool, output: Path | None) -> BatchRow:
     """One model's workflow as a summary row (its error in the row, not raised)."""
     import dataclasses
 
-    from sweeper.api import Session
     from sweeper.config.experiment import load_experiment
 
     row = BatchRow(experiment=f.stem, file=str(f))
@@ -68,7 +72,7 @@ def _run_one(f: Path, pool_kind: str | None, workers: int | None, address: str |
         row.experiment = exp.name
         if output is not None:
             exp = dataclasses.replace(exp, output=output / exp.name)
-        with Session(exp, tracking=tracking, pool=pool_kind, workers=workers, address=address) as s:
+        with open_session(exp, tracking=tracking, pool=pool_kind, workers=workers, address=address) as s:
             rep = s.run()
             row.fp32_metric, row.stopped_at = s.ws.fp32_metric, rep.stopped_at
             a = rep.accepted
@@ -83,14 +87,6 @@ def _run_one(f: Path, pool_kind: str | None, workers: int | None, address: str |
         last = traceback.extract_tb(exc.__traceback__)[-1]
         row.error = f"{type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})"
     return row
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def format_summary(rows: list[BatchRow]) -> str:

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeper.cluster.pool import Result, WorkerPool
+from sweeper.cluster.pool import WorkerPool
+from sweeper.cluster.protocol import Result
 from sweeper.cost.bops import profile_cost
 from sweeper.export.encodings_io import save_export
 from sweeper.export.qdq import export_qdq
@@ -123,7 +124,7 @@ class Sweep:
             return ev
         run_id = ""
         if self.tracker is not None:
-            keep = ws.exp.tracking_artifacts == "all" or ev.meets_target
+            keep = self.logs_exports(ev.metric)
             run_id = self.tracker.log_profile(
                 ev.name,
                 params={"step": self.step, "strategy": self.strategy, "profile": profile.label(),
@@ -263,9 +264,16 @@ class Sweep:
             onnx_path, enc_path = self.out_dir / f"{name}.onnx", self.out_dir / f"{name}.encodings"
             save_export(export_qdq(ws.graph, ws.table, profile), ws.table.to_aimet(profile), onnx_path, enc_path)
             out[name] = (onnx_path, enc_path)
-            if self.tracker is not None:
+            if self.tracker is not None and self.logs_exports(self.done.get(profile.key, {}).get("metric")):
                 self.tracker.attach(profile.key, [onnx_path, enc_path])
         return out
+
+    def logs_exports(self, metric: float | None) -> bool:
+        """Whether a profile's QDQ model and encodings go to its MLflow run: always with ``tracking.artifacts:
+        all``; with ``accepted`` only when the profile meets the target (its metric is known and passes)."""
+        if self.ws.exp.tracking_artifacts == "all":
+            return True
+        return metric is not None and self.ws.meets(float(metric))
 
     @staticmethod
     def _results(pool: WorkerPool, todo: list[Profile], reference: Profile | None) -> Iterator[Result]:

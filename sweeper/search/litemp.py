@@ -13,7 +13,7 @@ from typing import Any
 from sweeper.pipeline import Workspace
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
-from sweeper.search.analyzer import rank_groups, run_analyze
+from sweeper.search.analyzer import analysis_precisions, rank_groups, run_analyze
 from sweeper.search.evaluate import Evaluated
 from sweeper.search.step import Batch, PoolNeeds, Step, StepContext, StepOutput, run_step
 from sweeper.tracking.tracker import Tracker
@@ -88,9 +88,7 @@ class LiteMPStep(Step):
                 "ranking": self.ranking}
 
     def pool_needs(self) -> PoolNeeds:
-        from sweeper.search.analyzer import analysis_precisions
-
-        return PoolNeeds((*analysis_precisions(self.base), self.high.name), probes=True, reuse=True)
+        return litemp_needs(self.base, self.high)
 
     def _flip(self, n: int) -> tuple[float, list[str], Profile]:
         flipped = self.ranked[:n]
@@ -138,6 +136,12 @@ class LiteMPStep(Step):
         }
         value = LiteMPReport(self.points, chosen, self.ranking, ctx.final)
         return StepOutput(doc, {"fp32_metric": ws.fp32_metric, "chosen_k": chosen.k if chosen else -1.0}, value=value)
+
+
+def litemp_needs(base: Precision, high: Precision) -> PoolNeeds:
+    """What LiteMP's workers need: the analysis of ``base`` (which it runs first when there is no ranking) and
+    the ``high`` precision of the flipped groups."""
+    return PoolNeeds((*analysis_precisions(base), high.name), probes=True, reuse=True)
 
 
 def run_litemp(ws: Workspace, pool, tracker: Tracker | None, base: Precision, high: Precision,  # noqa: ANN001

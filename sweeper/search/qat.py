@@ -1,7 +1,7 @@
 """Step 5: quantization-aware training of one profile, exported back to ONNX with its learned encodings.
 
 The step starts from a profile (a uniform precision, an AMP result, or an AIMET encodings file with its
-own scales), trains the prepared graph with fake-quantization (:mod:`sweeper.quant.qat`), writes the
+own scales), trains the prepared graph with fake-quantization (:mod:`sweeper.techniques.qat`), writes the
 trained float model and the learned encodings, loads both back into a new EncodingTable and QuantSim,
 evaluates that simulation with the experiment's metric (the number reported: never the torch model's),
 and exports it as QDQ, checking the exported model against the simulation. Nothing goes to the worker
@@ -129,8 +129,8 @@ class QATStep(Step):
     def __init__(self, ws: Workspace, profile: ProfileLike, *, data: Any = None, train_fn: Any = None,
                  epochs: int | None = None, lr: float | None = None, batch_size: int | None = None) -> None:
         try:
-            from sweeper.quant.qat import QATSettings
-            from sweeper.torchsim import OPS, unsupported_ops
+            from sweeper.techniques.qat import QATSettings
+            from sweeper.techniques.torchsim import OPS, unsupported_ops
         except ImportError:
             raise SweeperError("qat", "quantization-aware training needs PyTorch: pip install torch (CPU)") from None
         bad = unsupported_ops(ws.prepared)
@@ -164,7 +164,7 @@ class QATStep(Step):
 
     def finish(self, ctx: StepContext) -> StepOutput:
         from sweeper.model.intake import resolve_callable
-        from sweeper.quant import qat
+        from sweeper.techniques import qat
 
         ws, prof = self.ws, self.profile
         before, _ = sim_metric(ws, ws.graph, self.start_table, prof)
@@ -194,7 +194,7 @@ class QATStep(Step):
 
     def _write(self, ctx: StepContext, model: Any) -> dict[str, Path]:
         """The trained float model and its learned encodings, as files (what the reload reads)."""
-        from sweeper.quant.qat import learned_table
+        from sweeper.techniques.qat import learned_table
 
         trained = model.trained_onnx()
         graph, table = learned_table(trained, model, self.start_table)

@@ -13,7 +13,7 @@ is, in the spirit of Ray Tune's ``Searcher.suggest``/``on_trial_complete`` and O
 :func:`run_step` owns everything around it: the staging folder that moves into place only on success, the
 step's resumable study and MLflow parent run (the :class:`~sweeper.search.evaluate.Sweep`), progress bars,
 the results file, the final paths, and cleanup on failure or Ctrl-C. A new step is one module with a
-``Step`` subclass plus one entry in :mod:`sweeper.search.registry`.
+``Step`` subclass plus one entry in :mod:`sweeper.cli.steps`.
 """
 
 from __future__ import annotations

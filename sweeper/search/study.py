@@ -62,7 +62,7 @@ class SweepStudy:
 
     Trials carry no per-group parameters: recording is on the driver's hot path and Optuna writes one row
     (and a compatibility query) per parameter, 93 of them per trial on MiniLM. Searches that sample per-group
-    precisions (sweeper.search.amp.OptunaAMP) keep their own study with the parameters."""
+    precisions (sweeper.search.amp.optuna_search.OptunaAMP) keep their own study with the parameters."""
 
     def __init__(self, storage: str, name: str, fresh: bool = False) -> None:
         import optuna

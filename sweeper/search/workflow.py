@@ -21,17 +21,14 @@ are plain functions of step results (:func:`cheapest_passes`, :func:`within_budg
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeper.config.experiment import WorkflowSpec
+from sweeper.config.spec import WorkflowSpec
 from sweeper.quant.precision import Precision
 from sweeper.search.evaluate import write_json
-
-WorkflowSettings = WorkflowSpec  # the experiment's ``workflow`` section (CLI flags override it)
 
 
 @dataclass
@@ -151,10 +148,11 @@ def amp_outcome(rep: Any, label: str = "amp") -> Outcome:
 
 
 def doc_outcome(label: str, doc: Mapping[str, Any], meets: Callable[[float], bool], results: Path) -> Outcome:
-    """A step whose results document has its metric (``metric``, or QAT's ``metric_after``), the profile
+    """A step whose results document has its final metric value (AdaRound's ``metric_kept``, QAT's
+    ``metric_after``; ``metric`` names the metric in every results.json), the profile
     (``profile``/``precision``) and export paths (AdaRound, QAT). A uniform profile without ``bops_ratio``
     costs its bit widths over w8a8's."""
-    metric = doc.get("metric_after") if isinstance(doc.get("metric"), str) else doc.get("metric")
+    metric = doc.get("metric_kept", doc.get("metric_after"))
     if metric is None or not meets(float(metric)):
         return Outcome(label, None, None if metric is None else float(metric), results=str(results))
     profile = str(doc.get("profile") or doc.get("precision"))
@@ -170,11 +168,7 @@ def doc_outcome(label: str, doc: Mapping[str, Any], meets: Callable[[float], boo
 
 
 # -- the driver ---------------------------------------------------------------------------------------------
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _steps_1_to_3(s: Any, settings: WorkflowSettings, report: WorkflowReport, fresh: bool, label: str,
+def _steps_1_to_3(s: Any, settings: WorkflowSpec, report: WorkflowReport, fresh: bool, label: str,
                   show: Callable[[str, Any], None]) -> dict[str, bool]:
     """Steps 1-3 with their stopping rules; returns Step 1's pass/fail per candidate."""
     rep = s.baseline(fresh=fresh)
@@ -189,7 +183,7 @@ def _steps_1_to_3(s: Any, settings: WorkflowSettings, report: WorkflowReport, fr
     high = rep.chosen or max((Precision.parse(n) for n in ok), key=lambda p: p.bops_factor).name
     report.decisions.append(f"{label}Step 1: {cheapest.name} misses the target: Step 2 (LiteMP {cheapest.name} "
                             f"towards {high})")
-    lite = s.litemp(base=cheapest, high=high, fresh=fresh)
+    lite = s.litemp(cheapest, high=high, fresh=fresh)
     show("litemp", lite)
     report.steps.append(litemp_outcome(lite, f"{label}litemp"))
     if within_budget(report.steps[-1], settings.latency_budget_ms):
@@ -217,15 +211,14 @@ def workflow_needs(candidates: Any) -> Any:
     return PoolNeeds((*(c.name for c in candidates), *analysis_precisions(cheapest)), probes=True, reuse=True)
 
 
-def run_workflow(s: Any, settings: WorkflowSettings, fresh: bool = False,
+def run_workflow(s: Any, settings: WorkflowSpec, fresh: bool = False,
                  show: Callable[[str, Any], None] = lambda name, value: None) -> WorkflowReport:
     """Run the workflow on a :class:`~sweeper.api.Session` (see the module docstring); ``show(step, value)``
     is called after each step (the CLI prints the step's report). Writes ``OUTPUT/workflow.json``; with
     tracking, one MLflow run holds every step's run and the summary."""
     report = WorkflowReport(output=s.exp.output / "workflow.json")
     root = s.exp.output
-    if hasattr(s, "pool"):
-        s.pool(workflow_needs(s.exp.candidates))  # one pool for every step of a round
+    s.pool(workflow_needs(s.exp.candidates))  # one pool for every step of a round
     if s.tracker is not None:
         s.tracker.start_workflow({k: v for k, v in dataclasses.asdict(settings).items() if v is not None})
     try:
@@ -258,7 +251,7 @@ def _log_summary(tracker: Any, report: WorkflowReport) -> None:
     tracker.end_workflow(metrics, tags, note, artifacts)
 
 
-def _adaround_round(s: Any, settings: WorkflowSettings, report: WorkflowReport, ok: dict[str, bool],
+def _adaround_round(s: Any, settings: WorkflowSpec, report: WorkflowReport, ok: dict[str, bool],
                     fresh: bool, show: Callable[[str, Any], None]) -> None:
     """Rule 4: AdaRound where the weights are the sensitive part, then Steps 1-3 on the new weights."""
     sensitive = weights_sensitive(ok)
@@ -281,20 +274,19 @@ def _adaround_round(s: Any, settings: WorkflowSettings, report: WorkflowReport, 
     _repeat_steps(s, settings, report, fresh, show, "after_adaround")
 
 
-def _repeat_steps(s: Any, settings: WorkflowSettings, report: WorkflowReport, fresh: bool,
+def _repeat_steps(s: Any, settings: WorkflowSpec, report: WorkflowReport, fresh: bool,
                   show: Callable[[str, Any], None], folder: str) -> None:
     """Steps 1-3 again on new weights (after AdaRound or QAT), written under ``OUTPUT/<folder>``, on one pool."""
     root = s.exp.output
     s.set_output(root / folder)
     try:
-        if hasattr(s, "pool"):
-            s.pool(workflow_needs(s.exp.candidates))
+        s.pool(workflow_needs(s.exp.candidates))
         _steps_1_to_3(s, settings, report, fresh, f"{folder}/", show)
     finally:
         s.set_output(root)
 
 
-def _qat_step(s: Any, settings: WorkflowSettings, report: WorkflowReport, ok: dict[str, bool], fresh: bool,
+def _qat_step(s: Any, settings: WorkflowSpec, report: WorkflowReport, ok: dict[str, bool], fresh: bool,
               show: Callable[[str, Any], None]) -> None:
     """Rule 5: QAT last, when enabled and the model is a PyTorch module with training data."""
     if not settings.qat:
@@ -313,7 +305,7 @@ def _qat_step(s: Any, settings: WorkflowSettings, report: WorkflowReport, ok: di
     doc = q if isinstance(q, Mapping) else getattr(q, "doc", {})
     report.steps.append(doc_outcome("qat", doc, s.ws.meets, s.exp.output / "qat" / "results.json"))
     trained = doc.get("trained_onnx")
-    if not trained or not hasattr(s, "use_model"):
+    if not trained:
         return
     s.use_model(trained)
     report.decisions.append("Step 5: Steps 1-3 again on the QAT-trained weights, calibrated afresh and judged "
@@ -321,6 +313,6 @@ def _qat_step(s: Any, settings: WorkflowSettings, report: WorkflowReport, ok: di
     _repeat_steps(s, settings, report, fresh, show, "after_qat")
 
 
-__all__ = ["Outcome", "WorkflowReport", "WorkflowSettings", "amp_outcome", "baseline_outcome", "cheapest_failed",
+__all__ = ["Outcome", "WorkflowReport", "amp_outcome", "baseline_outcome", "cheapest_failed",
            "cheapest_passes", "doc_outcome", "litemp_outcome", "pick", "run_workflow", "weights_sensitive",
            "within_budget"]

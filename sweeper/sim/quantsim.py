@@ -144,6 +144,16 @@ def probe_tensor(g: ModelGraph, group: str) -> str:
     return last.output[0]
 
 
+def container_zero_point(enc: Encoding, signed: bool) -> int:
+    """The zero point of an integer activation encoding in the simulation's container (signed or not, by the
+    experiment's ``act_symmetric``), whatever container the encoding itself would be exported in (an encoding
+    loaded from a file may be of the other kind). The grid is the same: ``(q - zp) * scale`` gives the
+    export's float values bit for bit, and every zero point fits (``-offset`` in [0, 2**bw - 1]; shifted down
+    by ``2**(bw - 1)`` when signed)."""
+    zp = -int(enc.offset[0])
+    return zp - (1 << (enc.bitwidth - 1)) if signed else zp
+
+
 class QuantSim:
     """The simulation model of ``graph`` with the encodings of ``table``.
 
@@ -359,7 +369,7 @@ class QuantSim:
         if enc.bitwidth > 16:
             raise ValueError(f"{t}: activation bit width {enc.bitwidth} is not simulated (at most 16)")
         feeds[p + "scale"] = _scalar(enc.scale[0], np.float32)
-        zp = int(enc.zero_point[0])
+        zp = container_zero_point(enc, self.signed)
         if enc.bitwidth == 16:
             feeds[p + "m16"] = _scalar(True, np.bool_)
             feeds[p + "zp16"] = _scalar(zp, sdt16)

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import sweeper
 from sweeper.errors import SweeperError
+from sweeper.version import __version__
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model development; sweeper's runs
@@ -77,7 +77,7 @@ def _mark_experiment(client: Any, experiment: Any, name: str) -> None:
     """Tag a sweeper experiment so MLflow's UI opens it on its runs, as model development (missing tags only,
     except sweeper's own view, which follows this version)."""
     tags = dict(experiment.tags or {})
-    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, "sweeper.version": sweeper.__version__,
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, "sweeper.version": __version__,
               "mlflow.note.content": f"sweeper: post-training quantization sweeps of `{name}`. One parent run per "
                                      "step (summary metrics: the cheapest profile meeting the target), one child "
                                      "run per evaluated profile (metric, drop, bops_ratio, est_latency_ms, size_mb)."}
@@ -143,7 +143,7 @@ class Tracker:
                 self.client.update_run(resume_run_id, status="RUNNING")
                 self.logged = self.child_runs()
                 return resume_run_id
-        tags = {"sweeper.step": step, "sweeper.version": sweeper.__version__}
+        tags = {"sweeper.step": step, "sweeper.version": __version__}
         if self.workflow_id:
             tags["mlflow.parentRunId"] = self.workflow_id
         run = self.client.create_run(self.experiment_id, run_name=step, tags=tags)
@@ -158,7 +158,7 @@ class Tracker:
         from mlflow.entities import Param
 
         run = self.client.create_run(self.experiment_id, run_name="workflow",
-                                     tags={"sweeper.step": "workflow", "sweeper.version": sweeper.__version__})
+                                     tags={"sweeper.step": "workflow", "sweeper.version": __version__})
         self.workflow_id = run.info.run_id
         self.client.log_batch(self.workflow_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return self.workflow_id
@@ -196,7 +196,7 @@ class Tracker:
         key = tags.get("sweeper.profile_hash")
         if key and key in self.logged:
             return self.logged[key]
-        all_tags = {"sweeper.version": sweeper.__version__, **tags}
+        all_tags = {"sweeper.version": __version__, **tags}
         if self.parent_id:
             all_tags["mlflow.parentRunId"] = self.parent_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from sweeper.config import experiment as cfg
+from sweeper.config import sections as cfg
 from sweeper.config.schema import experiment_schema
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -198,15 +197,32 @@ def test_requires_macs() -> None:
         CostModel(graph, {}, load_target("npu_generic"))
 
 
-def test_latency_is_cheap(cnn: tuple[ModelGraph, dict]) -> None:
+def test_latency_estimates_are_cached(cnn: tuple[ModelGraph, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What makes an estimate cheap enough to call for every AMP trial (about 1 us a call): a profile seen before is answered from the whole-profile cache without looking at
+    its groups, a new profile computes only the group terms no profile needed before, and the profile cache is
+    a bounded LRU."""
     graph, shapes = cnn
     cm = CostModel(graph, shapes, load_target("npu_generic"))
+    computed: list[tuple[str, str]] = []  # (group, precision) of every group term computed
+    looked_at: list[Profile] = []  # profiles whose groups were read
+    terms, precisions = cm._roofline_terms, cm._precisions  # noqa: SLF001 - counting the work behind the caches
+    monkeypatch.setattr(cm, "_roofline_terms", lambda b, prec: computed.append((b.name, prec.name)) or terms(b, prec))
+    monkeypatch.setattr(cm, "_precisions", lambda prof: looked_at.append(prof) or precisions(prof))
+    names = [g.name for g in graph.groups]
     prof = _uniform(graph, "w8a16")
     first = cm.latency_ms(prof)
-    t0 = time.perf_counter()
-    for _ in range(1000):
+    assert sorted(computed) == sorted((n, "w8a16") for n in names) and looked_at == [prof]
+    for _ in range(100):
         assert cm.latency_ms(prof) == first
-    assert (time.perf_counter() - t0) / 1000 < 1e-4  # well under 100 us per cached call (about 1 us)
+    assert cm.latency_ms(_uniform(graph, "w8a16")) == first  # an equal profile built afresh: the same entry
+    assert len(computed) == len(names) and len(looked_at) == 1  # answered from the cache, nothing recomputed
+    one_flipped = prof.with_groups({names[0]: Precision.parse("w8a8")})
+    assert cm.latency_ms(one_flipped) < first
+    assert computed[len(names):] == [(names[0], "w8a8")]  # the other groups' terms came from the term cache
+    monkeypatch.setattr(cm, "PROFILE_CACHE", 2)
+    cm.latency_ms(_uniform(graph, "w8a8"))  # a third profile evicts the least recently used (prof)
+    assert cm.latency_ms(prof) == first and looked_at[-1] == prof and len(looked_at) == 4
+    assert len(computed) == len(names) + 1 + (len(names) - 1)  # w8a8 everywhere: only the new group terms
 
 
 # -- the qdq_runtime target kind (cpu_x86: ONNX Runtime CPU running exported QDQ models) -------------------

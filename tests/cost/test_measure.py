@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
 
 from sweeper.cost.measure import LatencyStats, measure_interleaved
 
@@ -45,6 +46,7 @@ def test_interleaved_stops_at_the_budget_after_min_rounds() -> None:
                                 min_rounds=3, budget_s=0.0)
     assert stats["a"].runs == 3
     assert measure_interleaved({}, {"x": np.ones((2, 8), np.float32)}) == {}
-    with pytest.raises(Exception):  # noqa: B017 - a broken model is ONNX Runtime's error, not a silent skip
+    # a broken model is ONNX Runtime's own error, not a silent skip
+    with pytest.raises(InvalidProtobuf, match=r"INVALID_PROTOBUF : Failed to load model because protobuf parsing"):
         measure_interleaved({"bad": b"not a model"}, {"x": np.ones((2, 8), np.float32)})
     onnx.checker.check_model(onnx.load_from_string(_matmul_model(8)))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.config.experiment import CalibrationSpec, load_experiment
+from sweeper.config.experiment import load_experiment
+from sweeper.config.spec import CalibrationSpec
 from sweeper.pipeline import Workspace
 from sweeper.quant.precision import Precision
 from sweeper.search.baseline import run_baseline

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
@@ -16,8 +18,28 @@ from conftest import cnn_model
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``sweeper ARGS`` run in this process (``sweeper.cli.main``, as the console script calls it), in ``cwd``:
+    exit code, stdout and stderr as a subprocess would give them, at no interpreter start."""
+    from sweeper.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as exc:  # argparse's errors and --help
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(["sweeper", *args], code, out.getvalue(), err.getvalue())
+
+
+def _run_process(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m sweeper ARGS`` as a real process: a few cases check that the process itself exits cleanly."""
     return subprocess.run([sys.executable, "-m", "sweeper", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=None if env is None else {**os.environ, **env})
 
 
 def _setup(tmp: Path, *, model: str = "model.onnx", data: dict[str, np.ndarray] | None = None,
@@ -56,7 +78,7 @@ def _assert_clean_failure(res: subprocess.CompletedProcess[str], tmp: Path, *phr
 
 def test_missing_model_file(tmp_path: Path) -> None:
     exp = _setup(tmp_path, model="nope.onnx")
-    _assert_clean_failure(_run(["baseline", str(exp), "--no-tracking"], tmp_path), tmp_path, "model.onnx",
+    _assert_clean_failure(_run_process(["baseline", str(exp), "--no-tracking"], tmp_path), tmp_path, "model.onnx",
                           "nope.onnx")
 
 
@@ -117,7 +139,8 @@ def test_unresolvable_evaluator(tmp_path: Path) -> None:
 ])
 def test_bad_option_values(tmp_path: Path, args: list[str], phrases: list[str]) -> None:
     exp = _setup(tmp_path)
-    _assert_clean_failure(_run(["baseline", str(exp), *args], tmp_path), tmp_path, *phrases)
+    run = _run_process if args[0] == "--workers" and args[1] == "-1" else _run  # argparse's exit, as a process
+    _assert_clean_failure(run(["baseline", str(exp), *args], tmp_path), tmp_path, *phrases)
     assert not (tmp_path / "study.db").exists()
 
 
@@ -138,7 +161,17 @@ def test_output_option_that_is_a_file(tmp_path: Path) -> None:
     ("amp", ["--timeout", "-5"], ["--timeout", "number > 0"]),
     ("amp", ["--candidates", "w8a8"], ["--candidates", "at least two"]),
     ("litemp", ["--k", "5,200"], ["--k", "between 0 and 100"]),
-    ("analyze", ["--base", "w5a8"], ["--base", "w5a8"]),
+    ("litemp", ["--k", "5,nan"], ["--k", "between 0 and 100"]),
+    ("run", ["--latency-budget", "nan"], ["--latency-budget", "'nan'", "milliseconds > 0"]),
+    ("run", ["--latency-budget", "inf"], ["--latency-budget", "'inf'", "milliseconds > 0"]),
+    ("run", ["--latency-budget", "0"], ["--latency-budget", "'0'", "milliseconds > 0"]),
+    ("amp", ["--timeout", "inf"], ["--timeout", "'inf'"]),
+    ("qat", ["--lr", "nan"], ["--lr", "'nan'", "number > 0"]),
+    ("qat", ["--epochs", "0"], ["--epochs", "whole number >= 1"]),
+    ("adaround", ["--iterations", "0"], ["--iterations", "whole number >= 1"]),
+    ("adaround", ["--precision", "w5a8"], ["--precision", "w5a8"]),
+    ("analyze", ["--base", "w5a8"], ["--precision", "w5a8"]),  # --base: the older name of --precision
+    ("litemp", ["--precision", "w8a8", "--high", "w5a16"], ["--high", "w5a16"]),
 ])
 def test_bad_step_options(tmp_path: Path, command: str, args: list[str], phrases: list[str]) -> None:
     exp = _setup(tmp_path)
@@ -223,8 +256,7 @@ def test_export_out_must_be_an_onnx_path(tmp_path: Path) -> None:
 ])
 def test_bad_tracking_store(tmp_path: Path, extra: str, env: dict[str, str], phrases: list[str]) -> None:
     exp = _setup(tmp_path, extra=extra)
-    res = subprocess.run([sys.executable, "-m", "sweeper", "baseline", str(exp)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, **env})
+    res = _run_process(["baseline", str(exp)], tmp_path, env)
     _assert_clean_failure(res, tmp_path, *phrases)
     assert not (tmp_path / "study.db").exists() and not list(tmp_path.glob("mlflow*"))
 

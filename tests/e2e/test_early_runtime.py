@@ -1,4 +1,4 @@
-"""The local Ray runtime starts while the model is prepared (``cluster.pool.start_runtime_early``): a Session
+"""The local Ray runtime starts while the model is prepared (``cluster.runtime.start_runtime_early``): a Session
 with a Ray pool starts it in the background, the first pool adopts it and shuts it down, and a runtime that
 no pool took is stopped too, with every process it spawned."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import sweeper
-from sweeper.cluster import pool as pool_mod
+from sweeper.cluster import runtime as runtime_mod
 from sweeper.config.experiment import load_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,10 +57,10 @@ def test_session_starts_ray_while_preparing_and_its_pool_adopts_and_stops_it(tmp
     import ray
 
     with _session(tmp_path) as s:
-        assert pool_mod._EARLY is not None  # started in the background, not yet taken by a pool
-        assert pool_mod._EARLY.wait() and ray.is_initialized() and _children()
+        assert runtime_mod._EARLY is not None  # started in the background, not yet taken by a pool
+        assert runtime_mod._EARLY.wait() and ray.is_initialized() and _children()
         rows = {r.name: r.metric for r in s.baseline().rows}
-        assert pool_mod._EARLY is None  # the pool took it
+        assert runtime_mod._EARLY is None  # the pool took it
         assert rows["w8a8"] > 0.9
     assert not ray.is_initialized()
     assert _gone(), f"left behind: {_children()}"
@@ -70,9 +70,9 @@ def test_session_starts_ray_while_preparing_and_its_pool_adopts_and_stops_it(tmp
 def test_a_runtime_no_pool_took_is_stopped_with_its_processes() -> None:
     import ray
 
-    pool_mod.start_runtime_early(1)
-    assert pool_mod._EARLY is not None and pool_mod._EARLY.wait() and ray.is_initialized()
+    runtime_mod.start_runtime_early(1)
+    assert runtime_mod._EARLY is not None and runtime_mod._EARLY.wait() and ray.is_initialized()
     assert _children()
-    pool_mod.release_early_runtime()
-    assert not ray.is_initialized() and pool_mod._EARLY is None
+    runtime_mod.release_early_runtime()
+    assert not ray.is_initialized() and runtime_mod._EARLY is None
     assert _gone(), f"left behind: {_children()}"

@@ -153,7 +153,7 @@ def test_closing_the_pool_under_a_running_call_ends_that_call(tmp_path: Path) ->
     failed, Ctrl-C) ends with an error instead of waiting forever for workers that are gone."""
     import threading
 
-    from sweeper.cluster.pool import PoolClosed
+    from sweeper.cluster.protocol import PoolClosed
     from sweeper.config.experiment import load_experiment
     from sweeper.pipeline import Workspace
     from sweeper.quant.profile import Profile
@@ -206,7 +206,7 @@ def test_closing_the_pool_under_calls_in_other_threads_keeps_the_process(tmp_pat
 
     import ray
 
-    from sweeper.cluster.pool import PoolClosed
+    from sweeper.cluster.protocol import PoolClosed
     from sweeper.config.experiment import load_experiment
     from sweeper.pipeline import Workspace
 
@@ -256,7 +256,7 @@ def test_a_call_after_the_pool_closed_fails_and_starts_nothing(tmp_path: Path) -
     nobody stopped."""
     import ray
 
-    from sweeper.cluster.pool import PoolClosed
+    from sweeper.cluster.protocol import PoolClosed
     from sweeper.config.experiment import load_experiment
     from sweeper.pipeline import Workspace
 

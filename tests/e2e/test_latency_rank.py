@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeper.search.amp import MEASURE_SAMPLES
+from sweeper.search.amp.latency import MEASURE_SAMPLES
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e

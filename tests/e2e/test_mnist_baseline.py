@@ -14,7 +14,7 @@ import pytest
 from sweeper.model.session import reference_session
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.smoke]
 
 
 @pytest.fixture(scope="module")

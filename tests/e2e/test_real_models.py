@@ -78,7 +78,11 @@ def _score(model_path: str | Path, suite: SuiteModel, experiment: Path) -> float
     return _metric(experiment)(lambda feeds: sess.run(None, feeds), data)
 
 
-@pytest.fixture(scope="module", params=[m.name for m in SUITE])
+SMOKE_MODEL = "real_textcls"  # the fast tier's real pretrained model (bash scripts/test.sh)
+
+
+@pytest.fixture(scope="module", params=[pytest.param(m.name, marks=pytest.mark.smoke) if m.name == SMOKE_MODEL
+                                        else m.name for m in SUITE])
 def step1(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
           ) -> tuple[SuiteModel, Path, dict[str, Any]]:
     suite = BY_NAME[request.param]

@@ -1,4 +1,4 @@
-"""AdaRound (sweeper.quant.adaround) on tiny onnx.helper graphs: grid, initialisation, gradient, result."""
+"""AdaRound (sweeper.techniques.adaround) on tiny onnx.helper graphs: grid, initialisation, gradient, result."""
 
 from __future__ import annotations
 
@@ -7,28 +7,26 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import cnn_data, cnn_model, fragile_mlp
 from onnx import TensorProto, helper, numpy_helper
 
 from sweeper.errors import SweeperError
 from sweeper.eval.data import Dataset
-from sweeper.quant.adaround import (
-    ActivationStore,
+from sweeper.quant.encoding import compute_weight_encoding
+from sweeper.quant.precision import Precision
+from sweeper.quant.profile import Profile
+from sweeper.techniques.activation_sampler import ActivationStore, Samples
+from sweeper.techniques.adaround.driver import adaround, working_table
+from sweeper.techniques.adaround.layers import find_layers
+from sweeper.techniques.adaround.optimize import (
     AdaRoundConfig,
     GridQuantizer,
-    Samples,
-    adaround,
-    find_layers,
     grad_v,
     recon_loss,
     rectified_sigmoid,
     round_loss,
     soft_rounding,
-    working_table,
 )
-from sweeper.quant.encoding import compute_weight_encoding
-from sweeper.quant.precision import Precision
-from sweeper.quant.profile import Profile
-from tests.conftest import cnn_data, cnn_model, fragile_mlp
 
 torch = pytest.importorskip("torch")
 FAST = AdaRoundConfig(iterations=150)
@@ -257,8 +255,8 @@ LAYERS = {
 def test_layer_in_pytorch_is_the_onnx_op(name: str) -> None:
     from sweeper.model.graph import ModelGraph
     from sweeper.model.session import ort_session
-    from sweeper.quant.adaround import layer_forward
     from sweeper.quant.precision import FP32
+    from sweeper.techniques.adaround.torch_layer import layer_forward
 
     model = LAYERS[name]
     graph = ModelGraph(model)
@@ -280,17 +278,18 @@ def test_step_keeps_the_better_and_later_steps_use_it(tmp_path) -> None:  # noqa
     ``rounding`` key that makes a new workspace store the weights with the learned integers."""
     import json
 
+    from conftest import write_experiment
+
     from sweeper.api import Session
-    from sweeper.quant.adaround import load_rounding
     from sweeper.search.step import PoolNeeds
-    from tests.conftest import write_experiment
+    from sweeper.techniques.adaround.rounding_file import load_rounding
 
     exp = write_experiment(tmp_path, cnn_model(), cnn_data(64), metric="sqnr", candidates="[w8a8, w4a8]")
     with Session(exp, tracking=False) as s:
         doc = s.adaround("w2a8", iterations=120)
     assert json.loads((tmp_path / "out" / "adaround" / "results.json").read_text()) == doc
     assert doc["metric_after"] > doc["metric_before"] and doc["kept"] == "adaround"  # SQNR (dB) at 2 bits
-    assert doc["metric"] == doc["metric_after"] and doc["onnx"].endswith("adaround.onnx")
+    assert doc["metric"] == "sqnr" and doc["metric_kept"] == doc["metric_after"] and doc["onnx"].endswith("adaround.onnx")
     assert all(Path(doc[k]).is_file() for k in ("onnx", "encodings", "rounding"))
     learned = load_rounding(tmp_path / "out" / "adaround")
     assert learned and {b for _, b in learned} == {2}

@@ -108,10 +108,19 @@ def test_sentinels_do_not_set_the_range() -> None:
 
 def test_histogram_widens_keeping_counts() -> None:
     st = TensorStats()
-    st.update(np.linspace(0, 1, 1000, dtype=np.float32))
+    first = np.linspace(0, 1, 1000, dtype=np.float32)
+    st.update(first)
     st.update(np.linspace(-5, 5, 1000, dtype=np.float32))
     assert st.min == -5 and st.max == 5 and st.hist is not None and int(st.hist.sum()) == 2000
-    assert onnx  # imported for the QuantizeLinear reference above
+    assert st.edges is not None and st.edges[0] == -5 and st.edges[-1] == 5  # re-binned over the new range
+    # what the second batch added, binned afresh, leaves the first batch's 1000 values where they were:
+    # uniformly over the bins covering [0, 1], and in no other bin
+    kept = st.hist - np.histogram(np.linspace(-5, 5, 1000, dtype=np.float32), st.edges)[0]
+    covering = (st.edges[1:] > 0) & (st.edges[:-1] < 1)
+    assert kept.min() >= 0 and kept.sum() == 1000 and not kept[~covering].any()
+    inner = kept[covering][1:-1]  # bins wholly inside [0, 1]: 1000 values x their width
+    width = float(st.edges[1] - st.edges[0])
+    assert inner.size >= 4 and np.all(np.abs(inner - 1000 * width) <= 0.5 * 1000 * width), inner
 
 
 # -- parity with aimet-onnx 2.42 (issue 8 item 7) --------------------------------------------------------------

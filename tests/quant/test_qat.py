@@ -19,8 +19,8 @@ from sweeper.sim.quantsim import QuantSim
 
 torch = pytest.importorskip("torch")
 
-from sweeper.quant.qat import FakeQuant, QATModel, learned_table, run_torch  # noqa: E402
-from sweeper.torchsim import OnnxModule  # noqa: E402
+from sweeper.techniques.qat import FakeQuant, QATModel, learned_table, run_torch  # noqa: E402
+from sweeper.techniques.torchsim import OnnxModule  # noqa: E402
 
 
 def _t(rng: np.random.Generator, name: str, shape: tuple[int, ...], scale: float = 0.3) -> onnx.TensorProto:

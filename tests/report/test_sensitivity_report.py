@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import copy
 import html
-import shutil
+import json
+import os
+import re
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -127,13 +130,85 @@ def test_shorten_names_keeps_distinguishing_tail() -> None:
         ["layer.4/attention/self/MatMul_1", "fc/Gemm"]
 
 
-def test_preview_renders_in_headless_chromium(tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if chromium is None:
-        pytest.skip("no chromium")
-    files = write_sensitivity_report(make_doc(7), tmp_path)
+CHROMIUM = "/usr/bin/chromium"  # Debian's, which scripts/test.sh installs
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=10000"]
+# appended to a copy of the report (which has no script of its own): once the page has loaded, what the browser
+# made of it: each image's decoded size and mean RGB value (drawn on a canvas), and the table's group rows in order
+PROBE = """<script>window.addEventListener("load", () => {
+  const decoded = img => {
+    const c = document.createElement("canvas");
+    c.width = img.naturalWidth; c.height = img.naturalHeight;
+    if (!c.width || !c.height) return null;
+    const ctx = c.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    const d = ctx.getImageData(0, 0, c.width, c.height).data;
+    let sum = 0;
+    for (let k = 0; k < d.length; k += 4) sum += d[k] + d[k + 1] + d[k + 2];
+    return sum / (d.length / 4 * 3);
+  };
+  const out = document.createElement("pre"); out.id = "probe";
+  out.textContent = JSON.stringify({
+    images: [...document.images].map(i => ({alt: i.alt, w: i.naturalWidth, h: i.naturalHeight, mean: decoded(i)})),
+    rows: [...document.querySelectorAll("tr")].filter(r => r.querySelector("td.name"))
+      .map(r => ({name: r.querySelector("td.name").textContent, bad: r.classList.contains("bad")}))});
+  document.body.appendChild(out);
+});</script>"""
+
+
+def _chromium(profile: Path, *args: str) -> str:
+    """Headless Chromium once (fresh profile), its stdout; it and its helpers are stopped by process group."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: scripts/test.sh installs Debian's chromium (apt-get install chromium)")
+    out = profile.with_suffix(".out")
+    with out.open("wb") as f:  # a file, not a pipe: helpers that outlive the browser would hold a pipe open
+        proc = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                                stdout=f, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=120)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the renderer and other helpers share its group
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, f"chromium exited with {proc.returncode}"
+    return out.read_text(errors="replace")
+
+
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    """The report as Chromium shows it: every plot decodes to the size of its PNG, the table lists every
+    group in rank order with the rows beyond the target shaded, and the screenshot is a page of many colours
+    (a blank page, an error page or a broken or truncated image fails)."""
+    from PIL import Image
+
+    doc = make_doc(7)
+    files = write_sensitivity_report(doc, tmp_path / "report")
+    page = files["html"].read_text(encoding="utf-8")
+    probe = tmp_path / "report" / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    dom = _chromium(tmp_path / "profile-dom", "--dump-dom", probe.as_uri())
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, f"the page did not load (no probe output): {dom[:500]!r}"
+    seen = json.loads(html.unescape(found.group(1)))
+    assert [i["alt"] for i in seen["images"]] == ["summary", "sensitivity", "sqnr", "ranges", "histograms"]
+    for img in seen["images"]:  # each plot decoded whole: the size and the mean colour of its PNG file
+        with Image.open(files[img["alt"]]) as png:
+            rgb = np.asarray(png.convert("RGB"), np.float64)
+        assert (img["w"], img["h"]) == (rgb.shape[1], rgb.shape[0]), img
+        assert img["mean"] == pytest.approx(rgb.mean(), abs=0.5), img
+    ranked = sorted(doc["groups"], key=lambda g: g["rank"])
+    max_drop = doc["target"]["max_drop"]
+    assert [r["name"] for r in seen["rows"]] == [g["name"] for g in ranked]
+    assert [r["bad"] for r in seen["rows"]] == [doc["fp32_metric"] - g["enable_one"] > max_drop for g in ranked]
+    assert any(r["bad"] for r in seen["rows"]) and not all(r["bad"] for r in seen["rows"])
+
     shot = tmp_path / "shot.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                    "--window-size=1300,2000", files["html"].as_uri()], check=True, timeout=120,
-                   capture_output=True)
-    assert shot.read_bytes()[:8] == PNG_MAGIC
+    _chromium(tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1300,2000", files["html"].as_uri())
+    with Image.open(shot) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    assert pixels.shape == (2000, 1300, 3)
+    colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
+    ink = float(np.mean(np.any(pixels < 200, axis=-1)))  # share of pixels clearly darker than the background
+    assert colours > 200 and pixels.std() > 20 and ink > 0.02, (colours, float(pixels.std()), ink)

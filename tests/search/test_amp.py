@@ -10,7 +10,9 @@ from sweeper.cost.bops import profile_cost
 from sweeper.pipeline import Workspace
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
-from sweeper.search.amp import pareto_front, run_amp, spearman
+from sweeper.search.amp.common import pareto_front
+from sweeper.search.amp.latency import spearman
+from sweeper.search.amp.step import run_amp
 
 
 def _ws(tmp: Path, max_drop: float = 0.002) -> Workspace:
@@ -98,7 +100,7 @@ def test_prefix_reuse_changes_no_metric_and_does_the_work(tmp_path: Path) -> Non
 
 
 def test_noise_ordered_moves_walk_each_group_down_its_convex_hull() -> None:
-    from sweeper.search.amp import noise_ordered_moves
+    from sweeper.search.amp.fast import noise_ordered_moves
 
     cands = [Precision.parse(c) for c in ("fp16", "w8a16", "w8a8", "w4a8")]
     fp16 = cands[0]
@@ -154,7 +156,7 @@ def test_fast_amp_finds_the_mix_in_few_evaluations(tmp_path: Path) -> None:
 
 
 def test_auto_is_the_exhaustive_greedy_on_small_models_and_fast_on_large_ones() -> None:
-    from sweeper.search.amp import AUTO_EXHAUSTIVE_MAX, resolve_algorithm
+    from sweeper.search.amp.common import AUTO_EXHAUSTIVE_MAX, resolve_algorithm
 
     assert resolve_algorithm("auto", 5, 6) == "greedy"  # the MNIST example: 31 evaluations
     assert resolve_algorithm("auto", 128, 6) == "fast"  # the real classifier: 646

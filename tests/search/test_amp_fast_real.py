@@ -11,7 +11,7 @@ import pytest
 from sweeper.config.experiment import load_experiment
 from sweeper.model.session import reference_session
 from sweeper.pipeline import Workspace
-from sweeper.search.amp import run_amp
+from sweeper.search.amp.step import run_amp
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ from conftest import fragile_mlp, write_experiment
 
 from sweeper.config.experiment import load_experiment
 from sweeper.pipeline import Workspace
-from sweeper.search.amp import run_amp
+from sweeper.search.amp.step import run_amp
 from sweeper.search.baseline import run_baseline
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import attention_data, attention_model, cnn_data, cnn_model
 
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
 from sweeper.sim.reuse import PrefixReuse
-from tests.conftest import attention_data, attention_model, cnn_data, cnn_model
 
 
 def _batches(data: dict[str, np.ndarray], names: list[str], size: int = 8) -> list[dict[str, np.ndarray]]:

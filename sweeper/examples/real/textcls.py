@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -118,8 +117,3 @@ def evaluation_data() -> dict[str, np.ndarray]:
     """128 other labelled lines (seed 2), half upright, half turned."""
     images, labels = _make(EVALUATION_SAMPLES, 2)
     return {INPUT: images.copy(), "labels": labels.copy()}
-
-
-def describe() -> dict[str, str]:
-    """Where the model comes from, for reports."""
-    return {"package": INSTALL, "file": MODEL_FILE, "path": str(Path(model_path()))}

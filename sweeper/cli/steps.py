@@ -1,4 +1,4 @@
-"""The workflow steps by name: what the CLI offers and the Python API runs.
+"""The workflow steps as commands: each step's options, how the CLI runs it on a Session, what it prints.
 
 A step is one module with a :class:`~sweeper.search.step.Step` subclass plus one :class:`StepCommand` here:
 its command-line options, how to build it from them, and what to print when it is done. The CLI builds a
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sweeper.errors import SweeperError
+from sweeper.cli.options import amp_candidates, percentages, precision_arg, real, whole
 from sweeper.search.names import ALGORITHMS, COSTS, OBJECTIVES, RANKINGS
 
 
@@ -26,26 +26,6 @@ class StepCommand:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[Any, argparse.Namespace], Any]
     report: Callable[[Any, Any], str]
-
-
-def precision_arg(text: str, flag: str) -> Any:
-    from sweeper.quant.precision import Precision
-
-    try:
-        return Precision.parse(text)
-    except ValueError as exc:
-        raise SweeperError(flag, str(exc)) from None
-
-
-def percentages(text: str, flag: str = "--k") -> tuple[float, ...]:
-    """``"0,5,10"`` -> ``(0.0, 5.0, 10.0)``, each in [0, 100]."""
-    try:
-        ks = tuple(float(k) for k in text.split(","))
-    except ValueError:
-        raise SweeperError(flag, f"found {text!r}: expected comma-separated percentages, e.g. 0,5,10") from None
-    if any(not 0 <= k <= 100 for k in ks):
-        raise SweeperError(flag, f"found {text!r}: expected percentages between 0 and 100")
-    return ks
 
 
 # -- baseline -----------------------------------------------------------------------------------------
@@ -68,7 +48,8 @@ def _rank_arg(sp: argparse.ArgumentParser) -> None:
 
 
 def _analyze_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--base", default="w8a8", help="base precision to analyse (default w8a8)")
+    sp.add_argument("--precision", "--base", dest="precision", default="w8a8",
+                    help="the uniform precision to analyse (default w8a8; --base is its older name)")
     _rank_arg(sp)
 
 
@@ -82,7 +63,8 @@ def _analyze_report(s: Any, rep: Any) -> str:
 
 # -- litemp -------------------------------------------------------------------------------------------
 def _litemp_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--base", default="w8a8", help="base precision (default w8a8)")
+    sp.add_argument("--precision", "--base", dest="precision", default="w8a8",
+                    help="the uniform precision the groups are flipped from (default w8a8; --base is its older name)")
     sp.add_argument("--high", default="fp16", help="precision of the flipped groups (default fp16)")
     sp.add_argument("--k", default="0,5,10,15,20,30,50,75,100",
                     help="percentages of groups to flip, tried in order (refined where the metric jumps)")
@@ -90,7 +72,7 @@ def _litemp_args(sp: argparse.ArgumentParser) -> None:
 
 
 def _litemp_run(s: Any, a: argparse.Namespace) -> Any:
-    return s.litemp(precision_arg(a.base, "--base"), precision_arg(a.high, "--high"), percentages(a.k), a.rank,
+    return s.litemp(precision_arg(a.precision, "--precision"), precision_arg(a.high, "--high"), percentages(a.k), a.rank,
                     fresh=a.fresh)
 
 
@@ -113,8 +95,6 @@ def _litemp_report(s: Any, rep: Any) -> str:
 
 # -- amp ----------------------------------------------------------------------------------------------
 def _amp_args(sp: argparse.ArgumentParser) -> None:
-    from sweeper.cli import _real, _whole
-
     sp.add_argument("--algorithm", default="auto", choices=ALGORITHMS,
                     help="search (default auto: the exhaustive greedy while its phase 1 is at most 64 "
                          "evaluations, fast beyond)")
@@ -123,18 +103,8 @@ def _amp_args(sp: argparse.ArgumentParser) -> None:
                     help="cost to minimise (default bops; latency: the CostModel's estimate)")
     sp.add_argument("--objective", default="multi", choices=OBJECTIVES,
                     help="Optuna: multi (NSGA-II on metric and cost, default) or constrained (TPE on cost)")
-    sp.add_argument("--trials", type=_whole(1), default=100, help="Optuna trial budget (default 100)")
-    sp.add_argument("--timeout", type=_real(0, above=True), default=None, help="Optuna time budget in seconds")
-
-
-def amp_candidates(text: str | None) -> list[Any] | None:
-    """``--candidates``: at least two precisions, or None for the experiment's."""
-    if not text:
-        return None
-    cands = [precision_arg(c.strip(), "--candidates") for c in text.split(",") if c.strip()]
-    if len(cands) < 2:
-        raise SweeperError("--candidates", "expected at least two precisions, e.g. w4a8,w8a8,fp16")
-    return cands
+    sp.add_argument("--trials", type=whole(1), default=100, help="Optuna trial budget (default 100)")
+    sp.add_argument("--timeout", type=real(0, above=True), default=None, help="Optuna time budget in seconds")
 
 
 def _amp_run(s: Any, a: argparse.Namespace) -> Any:
@@ -149,13 +119,11 @@ def _amp_report(s: Any, rep: Any) -> str:
 
 # -- qat ----------------------------------------------------------------------------------------------
 def _qat_args(sp: argparse.ArgumentParser) -> None:
-    from sweeper.cli import _real, _whole
-
     sp.add_argument("--profile", default="w4a8", help="starting profile: a precision (default w4a8), an AIMET "
                                                       "encodings file, or an AMP results.json (its accepted profile)")
-    sp.add_argument("--epochs", type=_whole(1), help="training epochs (default: qat.epochs of the experiment, 4)")
-    sp.add_argument("--lr", type=_real(0, above=True), help="learning rate (default: qat.lr, 1e-4)")
-    sp.add_argument("--batch-size", type=_whole(1), help="training batch size (default: qat.batch_size, 64)")
+    sp.add_argument("--epochs", type=whole(1), help="training epochs (default: qat.epochs of the experiment, 4)")
+    sp.add_argument("--lr", type=real(0, above=True), help="learning rate (default: qat.lr, 1e-4)")
+    sp.add_argument("--batch-size", type=whole(1), help="training batch size (default: qat.batch_size, 64)")
 
 
 def _qat_report(s: Any, rep: Any) -> str:
@@ -166,10 +134,8 @@ def _qat_report(s: Any, rep: Any) -> str:
 
 # -- adaround -----------------------------------------------------------------------------------------
 def _adaround_args(sp: argparse.ArgumentParser) -> None:
-    from sweeper.cli import _whole
-
     sp.add_argument("--precision", default="w4a8", help="uniform precision to AdaRound (default w4a8)")
-    sp.add_argument("--iterations", type=_whole(1), default=1000, help="optimisation steps per layer (default 1000)")
+    sp.add_argument("--iterations", type=whole(1), default=1000, help="optimisation steps per layer (default 1000)")
 
 
 def _adaround_report(s: Any, doc: Any) -> str:
@@ -182,7 +148,7 @@ STEPS: dict[str, StepCommand] = {
     "baseline": StepCommand("baseline", "Step 1: simulate every candidate precision", lambda sp: None,
                             lambda s, a: s.baseline(fresh=a.fresh), _baseline_report),
     "analyze": StepCommand("analyze", "Step 2: per-layer sensitivity analysis (report with plots)", _analyze_args,
-                           lambda s, a: s.analyze(precision_arg(a.base, "--base"), a.rank, fresh=a.fresh),
+                           lambda s, a: s.analyze(precision_arg(a.precision, "--precision"), a.rank, fresh=a.fresh),
                            _analyze_report),
     "litemp": StepCommand("litemp", "Step 2: flip the top-k %% most sensitive groups to a higher precision",
                           _litemp_args, _litemp_run, _litemp_report),
@@ -197,4 +163,4 @@ STEPS: dict[str, StepCommand] = {
                        _qat_report),
 }
 
-__all__ = ["STEPS", "StepCommand", "amp_candidates", "percentages", "precision_arg"]
+__all__ = ["STEPS", "StepCommand"]

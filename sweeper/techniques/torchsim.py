@@ -1,11 +1,16 @@
 """An ONNX graph run as a ``torch.nn.Module``: initializers become parameters, nodes become torch ops.
 
-Quantization-aware training (:mod:`sweeper.quant.qat`) trains the *prepared* ONNX graph itself (BatchNorm
+Quantization-aware training (:mod:`sweeper.techniques.qat`) trains the *prepared* ONNX graph itself (BatchNorm
 folded, names identical to the QuantSim's), so that every quantizer of the simulation has an exact place in
 the torch model and the trained weights go back into the same initializers. Hooks let the caller transform
 any tensor when it is produced (activation fake-quant) and any initializer when it is read (weight and bias
 fake-quant). Only the ops below are supported; a graph with another op is refused up front, with every
 unsupported op named.
+
+Why under ``techniques``: it is the differentiable twin of the ONNX Runtime simulation that only training
+techniques need (QAT now; gradient-based ones such as AdaQuant later). It imports torch at module level, so
+nothing below the techniques layer may import it, and the steps import it only inside the functions that
+train.
 """
 
 from __future__ import annotations

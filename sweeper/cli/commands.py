@@ -1,19 +1,26 @@
-"""The ``sweeper`` command line."""
+"""The ``sweeper`` commands: parse, check every option before any work, run through :mod:`sweeper.api`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import signal
-import socket
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from sweeper.cli.options import (
+    NotForExport,
+    Parser,
+    check_pool_arguments,
+    free_port,
+    precision_arg,
+    real,
+    whole,
+)
 from sweeper.errors import SweeperError
 
 
@@ -26,74 +33,10 @@ def _quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with sweeper's error format: one line (what, where, expected), exit code 2, no usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"sweeper: error: {message} (`{self.prog} --help` lists the options)\n")
-
-
-def _whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse type: a whole number in [minimum, maximum]; anything else is a one-line error."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum or (maximum is not None and value > maximum):
-            bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-            raise argparse.ArgumentTypeError(f"found {text!r}: expected a whole number {bounds}")
-        return value
-
-    return parse
-
-
-def _real(minimum: float, *, above: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number >= minimum (> minimum when ``above``)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < minimum or (above and value == minimum):
-            raise argparse.ArgumentTypeError(f"found {text!r}: expected a number {'>' if above else '>='} {minimum:g}")
-        return value
-
-    return parse
-
-
-class _NotForExport(argparse.Action):
-    """An option of the other commands that ``export`` would ignore: rejected, with the reason."""
-
-    def __init__(self, option_strings: list[str], dest: str, why: str, nargs: int | str = 0, **kw: Any) -> None:
-        super().__init__(option_strings, dest, nargs=nargs, help=argparse.SUPPRESS, **kw)
-        self.why = why
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        parser.error(f"argument {option_string}: not an option of export ({self.why})")
-
-
-def _check_address(text: str) -> None:
-    """``--address``: ``auto``, or host:port / ray://host:port of a running Ray head that accepts a connection
-    (checked before any work: Ray itself waits for an unreachable head forever)."""
-    if text == "auto":
-        return
-    host, sep, port = text.removeprefix("ray://").rpartition(":")
-    expected = "expected auto, HOST:PORT or ray://HOST:PORT of a running Ray head (`ray start --head` prints it)"
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SweeperError("--address", f"found {text!r}: {expected}")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise SweeperError("--address", f"no Ray head answers at {host}:{port} ({reason}): {expected}") from None
-
-
 def _check_tracking(configured: str | None) -> None:
     """The tracking store a step will log to, checked before any work (the experiment file's tracking.uri is
     checked when it is read; this covers MLFLOW_TRACKING_URI)."""
-    from sweeper.config.experiment import tracking_uri_problem
+    from sweeper.config.paths import tracking_uri_problem
     from sweeper.tracking.tracker import resolve_uri
 
     uri = resolve_uri(configured)
@@ -102,19 +45,12 @@ def _check_tracking(configured: str | None) -> None:
         raise SweeperError("tracking.uri" if configured else "MLFLOW_TRACKING_URI", problem)
 
 
-def _pool_arguments(args: argparse.Namespace) -> None:
-    """Check --address (and that it goes with a Ray pool) before any work."""
-    if getattr(args, "address", None):
-        if getattr(args, "pool", None) == "local":
-            raise SweeperError("--address", "joins a Ray cluster: expected --pool ray (or no --pool), not --pool local")
-        _check_address(args.address)
-
-
 def _experiment(args: argparse.Namespace):  # noqa: ANN202
     """The experiment file with the command line's overrides, every option checked before any work."""
-    from sweeper.config.experiment import load_experiment, writable_dir_problem
+    from sweeper.config.experiment import load_experiment
+    from sweeper.config.paths import writable_dir_problem
 
-    _pool_arguments(args)
+    check_pool_arguments(args)
     exp = load_experiment(args.experiment)
     if not getattr(args, "no_tracking", True):
         _check_tracking(exp.tracking_uri)
@@ -153,7 +89,7 @@ def _mlflow_line(s: Any) -> None:
 def step_command(name: str) -> Callable[[argparse.Namespace], int]:
     """The command of a registered step: prepare once, run the step, print its report."""
     def cmd(args: argparse.Namespace) -> int:
-        from sweeper.search.registry import STEPS
+        from sweeper.cli.steps import STEPS
 
         entry = STEPS[name]
         with _session(args) as s:
@@ -169,8 +105,6 @@ def _workflow_settings(exp: Any, args: argparse.Namespace) -> Any:
     """The experiment's ``workflow`` section with the command line's overrides."""
     over = {k: v for k, v in (("adaround", args.adaround), ("qat", args.qat),
                               ("latency_budget_ms", args.latency_budget)) if v is not None}
-    if args.latency_budget is not None and args.latency_budget <= 0:
-        raise SweeperError("--latency-budget", f"found {args.latency_budget:g}: expected milliseconds > 0")
     return dataclasses.replace(exp.workflow, **over)
 
 
@@ -192,7 +126,7 @@ def print_workflow(s: Any, report: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """The workflow (:mod:`sweeper.search.workflow`): Steps 1-3 with their stopping rules, then AdaRound and
     QAT where enabled; every step's report as it finishes, on one pool."""
-    from sweeper.search.registry import STEPS
+    from sweeper.cli.steps import STEPS
 
     with _session(args) as s:
         settings = _workflow_settings(s.exp, args)
@@ -207,15 +141,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from sweeper.config.experiment import writable_dir_problem
+    from sweeper.config.paths import writable_dir_problem
     from sweeper.search.batch import experiment_files, format_summary, log_summary, run_batch, write_summary
 
-    _pool_arguments(args)
+    check_pool_arguments(args)
     files = experiment_files(args.experiments)
     out = Path(os.path.abspath(os.path.expanduser(args.output))) if args.output else None
     if out is not None and writable_dir_problem(out):
         raise SweeperError("--output", str(writable_dir_problem(out)))
-    rows = run_batch(files, pool_kind=args.pool, workers=args.workers, address=args.address,
+    from sweeper.api import Session
+
+    rows = run_batch(files, Session, pool_kind=args.pool, workers=args.workers, address=args.address,
                      tracking=not args.no_tracking, output=out)
     summary = (out or Path("runs")) / "batch_summary.json"
     write_summary(rows, summary)
@@ -230,7 +166,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def _export_path(text: str) -> Path:
     """``--out``: a .onnx path whose folder exists or can be created and is writable (checked before any work)."""
-    from sweeper.config.experiment import writable_dir_problem
+    from sweeper.config.paths import writable_dir_problem
 
     out = Path(os.path.abspath(os.path.expanduser(text)))
     if out.suffix != ".onnx":
@@ -244,50 +180,30 @@ def _export_path(text: str) -> Path:
     return out
 
 
-def _encodings_profile(ws, path: str, doc: dict[str, Any]):  # noqa: ANN001, ANN202
-    """The profile an AIMET encodings document implies for this model; a file made for another model or an entry
-    the model cannot take (e.g. a scale count that is not the channel count) is a one-line error."""
-    from sweeper.export.encodings_io import check_against_model
-
-    graph = ws.graph
-    weight_scales = {name: (graph.weight_array(name).shape[q.axis] if q.axis is not None else 1)
-                     for name, q in graph.weight_quantizers.items()}
-    try:
-        check_against_model(doc, path, weight_scales, set(graph.activations))
-        return ws.table.load_aimet(doc)
-    except ValueError as exc:
-        raise SweeperError("--encodings", str(exc)) from None
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    from sweeper.export.encodings_io import read_encodings, save_export
-    from sweeper.export.qdq import export_qdq
-    from sweeper.quant.profile import Profile
-
-    out = _export_path(args.out)
-    from sweeper.search.registry import precision_arg
-
-    prec = precision_arg(args.precision, "--precision") if args.precision else None
-    doc = None
-    if args.encodings:
-        try:
-            doc = read_encodings(args.encodings)
-        except ValueError as exc:
-            raise SweeperError("--encodings", str(exc)) from None
+    """One profile as QDQ + encodings, in this process (no pool): the options and the encodings file are checked
+    before the model is prepared, the encodings against the model before anything is written."""
+    from sweeper.export.encodings_io import read_encodings
+    from sweeper.export.profile import encodings_profile, export_profile, resolve_profile
+    from sweeper.model.session import describe_mode, reference_mode
     from sweeper.pipeline import Workspace
 
+    out = _export_path(args.out)
+    prec = precision_arg(args.precision, "--precision") if args.precision else None
+    if args.encodings:
+        try:
+            read_encodings(args.encodings)
+        except ValueError as exc:
+            raise SweeperError("--encodings", str(exc)) from None
     ws = Workspace(_experiment(args))
     try:
-        if doc is not None:
-            profile = _encodings_profile(ws, args.encodings, doc)
+        if args.encodings:
+            profile = encodings_profile(ws.graph, ws.table, args.encodings, "--encodings")
         else:
-            profile = Profile.uniform([g.name for g in ws.graph.groups], prec)
-        model = export_qdq(ws.graph, ws.table, profile)
-        save_export(model, ws.table.to_aimet(profile), out, out.with_suffix(".encodings"))
+            profile = resolve_profile(ws.graph, ws.table, prec, "--precision")
+        _, model = export_profile(ws.graph, ws.table, profile, out)
     finally:
         ws.close()
-    from sweeper.model.session import describe_mode, reference_mode
-
     print(f"exported {profile.label()} -> {out} and {out.with_suffix('.encodings')}")
     print(f"it reproduces the simulation bit for bit under {describe_mode(reference_mode(model))} "
           "(sweeper.model.session.reference_session opens it so)")
@@ -302,21 +218,12 @@ class _Stop(Exception):
         self.signum = signum
 
 
-def _free_port(port: int) -> None:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise SweeperError("--port", f"{port} is not free on 127.0.0.1 ({exc.strerror}): expected a free port, "
-                                         f"e.g. --port {port + 1}") from None
-
-
 def cmd_ui(args: argparse.Namespace) -> int:
     """Serve the store with a real ``mlflow server`` in its own process group; SIGTERM, SIGINT or SIGHUP stops
     the whole group (server, uvicorn workers, job runner), not just this process."""
     import subprocess
 
-    from sweeper.config.experiment import tracking_uri_problem
+    from sweeper.config.paths import tracking_uri_problem
     from sweeper.tracking.server import server_command, stop_process_tree
     from sweeper.tracking.tracker import prepare_ui, resolve_uri
 
@@ -324,7 +231,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     problem = tracking_uri_problem(uri)
     if problem:
         raise SweeperError("--uri", problem)
-    _free_port(args.port)
+    free_port(args.port)
     base = f"http://127.0.0.1:{args.port}"
     links = prepare_ui(uri)
     cmd = server_command(uri, args.port)
@@ -373,13 +280,13 @@ def _export_parser(sub: Any) -> None:
                              ("--max-drop", "export checks no target: it writes the profile given", "?"),
                              ("--no-tracking", "export logs nothing to MLflow", 0),
                              ("--output", "export writes where --out says", "?")]:
-        sp.add_argument(flag, action=_NotForExport, why=why, nargs=nargs)
+        sp.add_argument(flag, action=NotForExport, why=why, nargs=nargs)
     sp.set_defaults(func=cmd_export)
 
 
 def _step_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """``run`` plus one subcommand per registered step (sweeper.search.registry)."""
-    from sweeper.search.registry import STEPS
+    """``run`` plus one subcommand per registered step (sweeper.cli.steps)."""
+    from sweeper.cli.steps import STEPS
 
     sp = sub.add_parser("run", help="the workflow: Steps 1-3 with their stopping rules, AdaRound and QAT "
                                     "where enabled (workflow section)")
@@ -388,7 +295,7 @@ def _step_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -
                     help="Step 4 when the weights are the sensitive part (default: workflow.adaround)")
     sp.add_argument("--qat", action=argparse.BooleanOptionalAction, default=None,
                     help="Step 5 for a PyTorch model (default: workflow.qat)")
-    sp.add_argument("--latency-budget", type=float, default=None, metavar="MS",
+    sp.add_argument("--latency-budget", type=real(0, above=True, unit="milliseconds"), default=None, metavar="MS",
                     help="Step 2 stops only when its profile is estimated this fast (ms per sample)")
     sp.set_defaults(func=cmd_run)
     for name, entry in STEPS.items():
@@ -411,13 +318,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     import sweeper
 
-    p = _Parser(prog="sweeper", description="Post-training quantization sweeps for ONNX models.")
+    p = Parser(prog="sweeper", description="Post-training quantization sweeps for ONNX models.")
     p.add_argument("--version", action="version", version=f"sweeper {sweeper.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def pool_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--pool", choices=["ray", "local"], help="worker pool (default: the experiment's, ray)")
-        sp.add_argument("--workers", type=_whole(1), help="number of parallel workers")
+        sp.add_argument("--workers", type=whole(1), help="number of parallel workers")
         sp.add_argument("--address", default=None, help="Ray cluster address (default: start a local runtime)")
         sp.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
@@ -425,13 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("experiment", help="experiment YAML file")
         sp.add_argument("--output", help="output directory (overrides the experiment file)")
         pool_options(sp)
-        sp.add_argument("--max-drop", type=_real(0), default=None,
+        sp.add_argument("--max-drop", type=real(0), default=None,
                         help="allowed drop vs FP32 (overrides the experiment's target.max_drop)")
         sp.add_argument("--fresh", action="store_true",
                         help="start the step's study afresh (default: resume it, skipping evaluated profiles)")
 
     _step_parsers(sub, common)
-    sp = sub.add_parser("batch", help="Step 1 on many models (a folder of experiment files, or a list)")
+    sp = sub.add_parser("batch", help="the workflow (sweeper run) on many models: a folder of experiment files, or a list")
     sp.add_argument("experiments", nargs="+", help="experiment YAML files or folders of them")
     sp.add_argument("--output", help="output root (each experiment writes OUTPUT/<name>)")
     pool_options(sp)
@@ -441,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_schema)
     sp = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the project's store")
     sp.add_argument("--uri", default=None, help="tracking store (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    sp.add_argument("--port", type=_whole(1, 65535), default=5000, help="port on 127.0.0.1 (default 5000)")
+    sp.add_argument("--port", type=whole(1, 65535), default=5000, help="port on 127.0.0.1 (default 5000)")
     sp.set_defaults(func=cmd_ui)
     return p
 

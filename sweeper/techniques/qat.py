@@ -1,6 +1,6 @@
 """Quantization-aware training (Step 5): learned scales and offsets, trained weights, exact reload.
 
-Design. QAT trains the *prepared ONNX graph* itself, run as a torch module by :mod:`sweeper.torchsim`
+Design. QAT trains the *prepared ONNX graph* itself, run as a torch module by :mod:`sweeper.techniques.torchsim`
 (BatchNorm already folded, tensor names identical to the QuantSim's), rather than the user's torch module:
 
 * every quantizer the :class:`~sweeper.sim.quantsim.QuantSim` applies under the chosen profile gets a torch
@@ -41,7 +41,7 @@ from sweeper.quant.encoding import Encoding
 from sweeper.quant.fp16 import FP16_MAX
 from sweeper.quant.profile import Profile
 from sweeper.sim.encodings import EncodingTable
-from sweeper.torchsim import OnnxModule
+from sweeper.techniques.torchsim import OnnxModule
 
 INT32_MAX = 2**31 - 1
 
