@@ -28,6 +28,7 @@ from sweeper.model.graph import WEIGHT_OPS, ModelGraph
 from sweeper.model.intake import load_model, prepare_model
 from sweeper.model.session import ort_session
 from sweeper.quant import calibration
+from sweeper.quant.profile import Profile
 from sweeper.replica import DataOnWorker, Replica, WorkerSpec
 from sweeper.sim.encodings import EncodingTable, QuantConfig
 
@@ -155,6 +156,20 @@ class Workspace:
         self.stats.by_weight_bits = collect_weight_aware(
             graph, self.table.weight, bits, self.cal_set, batch_size=exp.batch_size,
             max_samples=exp.calibration.samples, threads=self.threads)
+        self._check_encodings()
+
+    def _check_encodings(self) -> None:
+        """Every candidate's encodings are finite now, while preparing (seconds), not when a step writes them
+        after minutes of evaluation: a model that cannot be quantized fails here with one line."""
+        from sweeper.export.encodings_io import non_finite_values
+
+        groups = [g.name for g in self.graph.groups]
+        for prec in self.exp.candidates:
+            bad = non_finite_values(self.table.to_aimet(Profile.uniform(groups, prec)))
+            if bad:
+                more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+                raise SweeperError("model", f"{self.exp.name} at {prec.name}: encoding {bad[0]}{more}: expected "
+                                            "finite scales and values (calibration statistics, weights, biases)")
 
     def evaluation_data(self) -> Any:
         """The evaluation data as the loader returned it (loaded again when only the workers hold it)."""

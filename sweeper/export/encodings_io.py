@@ -153,6 +153,19 @@ def _atomic_write(path: Path, data: bytes) -> Path:
     return Path(tmp)
 
 
+def non_finite_values(doc: Any, where: str = "") -> list[str]:
+    """Where a document holds a float that is inf or NaN (JSON cannot hold one; no encoding may be one): each
+    place as ``section[i] ('name').key``, the entry named where it has a name."""
+    if isinstance(doc, float):
+        return [] if math.isfinite(doc) else [f"{where} = {doc}"]
+    if isinstance(doc, dict):
+        label = f"{where} ({doc['name']!r})" if isinstance(doc.get("name"), str) else where
+        return [p for k, v in doc.items() for p in non_finite_values(v, f"{label}.{k}" if label else str(k))]
+    if isinstance(doc, list | tuple):
+        return [p for i, v in enumerate(doc) for p in non_finite_values(v, f"{where}[{i}]")]
+    return []
+
+
 def _encodings_bytes(doc: dict[str, Any], path: Path) -> bytes:
     validate_encodings(doc, path)
     return (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8")

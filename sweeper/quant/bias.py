@@ -38,7 +38,10 @@ class BiasEncoding:
 
     def report(self, bias: str, layer: str) -> dict[str, object]:
         """What was adjusted, for results.json and the encodings file."""
-        factor = self.scale.astype(np.float64) / self.nominal_scale.astype(np.float64)
+        # a nominal scale that underflowed to 0 (two tiny scales multiplied) counts as the smallest float32:
+        # the factor stays finite, so the report and the encodings file stay valid JSON
+        nominal = np.maximum(self.nominal_scale.astype(np.float64), float(np.finfo(np.float32).tiny))
+        factor = self.scale.astype(np.float64) / nominal
         return {"bias": bias, "layer": layer, "channels_rescaled": self.n_rescaled,
                 "channels": int(self.scale.size if self.scale.size > 1 else self.q.size),
                 "max_scale_factor": float(factor.max()), "how": "bias scale enlarged to |b|/2^30 (int32 fits)"}

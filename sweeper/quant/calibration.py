@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from sweeper.quant.fp16 import flushed_to_zero
+
 SENTINEL_ABS = 1e30  # |x| at or above this is a masking sentinel (finfo(float32).min is -3.4e38)
 BINS = 2048
 
@@ -29,6 +31,7 @@ class TensorStats:
     count: int = 0
     sentinels: int = 0
     sentinel_value: float = 0.0
+    fp16_flushed: int = 0  # non-zero values that float16 turns into zero (sweeper.quant.fp16)
     shape: tuple[int, ...] = field(default_factory=tuple)
 
     def update(self, x: np.ndarray) -> None:
@@ -42,6 +45,7 @@ class TensorStats:
         x = x[np.isfinite(x)]
         if x.size == 0:
             return
+        self.fp16_flushed += flushed_to_zero(x)
         lo, hi = float(x.min()), float(x.max())
         self.count += x.size
         if self.hist is None or self.edges is None:

@@ -59,6 +59,13 @@ class Profile:
     def counts(self) -> dict[str, int]:
         return dict(Counter(prec.name for _, prec in self.assignment))
 
+    @property
+    def uniform_precision(self) -> Precision | None:
+        """The one precision every group has, or None for a mixed profile (a uniform candidate is recognised
+        by what it assigns, whatever name the search that evaluated it gave it)."""
+        precs = {prec.name: prec for _, prec in self.assignment}
+        return next(iter(precs.values())) if len(precs) == 1 else None
+
     def label(self) -> str:
         """``w8a8`` when uniform, else ``mixed(w8a8:5,fp16:2)``."""
         counts = self.counts()

@@ -42,6 +42,7 @@ class Evaluated:
     eval_seconds: float
     bias_rescaled: int = 0  # layers whose int32 bias scale was enlarged (details in the encodings file)
     fp16_saturated: int = 0  # tensors that saturate at +-65504 in float16 (details in the encodings file)
+    fp16_underflow: int = 0  # tensors whose values float16 flushes to zero where a zero breaks their reader
     onnx: str | None = None
     encodings: str | None = None
     resumed: bool = False
@@ -106,7 +107,7 @@ class Sweep:
                          meets_target=ws.meets(metric), bops_ratio=cost.bops_ratio, size_mb=cost.size_mb,
                          est_latency_ms=ws.cost_model.latency_ms(profile), eval_seconds=seconds,
                          bias_rescaled=len(adj["bias_rescaled"]), fp16_saturated=len(adj["fp16_saturated"]),
-                         resumed=resumed)
+                         fp16_underflow=len(adj["fp16_underflow"]), resumed=resumed)
 
     def _finish(self, ev: Evaluated, profile: Profile, res: Result | None) -> Evaluated:
         """Export, log and record one profile (on the background thread)."""

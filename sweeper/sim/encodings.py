@@ -16,7 +16,7 @@ from sweeper.quant.encoding import (
     encoding_from_range,
     float16_encoding,
 )
-from sweeper.quant.fp16 import FP16_MAX, exceeds_fp16, fp16_round_trip
+from sweeper.quant.fp16 import FP16_FLUSH, FP16_MAX, ZERO_SENSITIVE, exceeds_fp16, fp16_round_trip
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
 
@@ -187,7 +187,23 @@ class EncodingTable:
                 if a.size and exceeds_fp16(float(a.min()), float(a.max())):
                     fp16.append({"tensor": w, "min": float(a.min()), "max": float(a.max()),
                                  "how": f"saturated to +-{FP16_MAX:g} in float16"})
-        return {"bias_rescaled": rescaled, "fp16_saturated": fp16}
+        return {"bias_rescaled": rescaled, "fp16_saturated": fp16, "fp16_underflow": self._fp16_underflow(profile)}
+
+    def _fp16_underflow(self, profile: Profile) -> list[dict[str, object]]:
+        """Tensors kept in float16 under ``profile`` whose non-zero values float16 turns into zero, where the
+        tensor feeds an op that a zero breaks (a Log, a divisor, ...: ``quant.fp16.ZERO_SENSITIVE``)."""
+        out = []
+        for t in self.graph.activations:
+            st = self.stats.tensors.get(t)
+            if st is None or not st.fp16_flushed or not profile[self.group_of[t]].is_fp16 or self.always_float(t):
+                continue
+            readers = sorted({f"{n.op_type} {n.name}".strip() for n in self.graph.consumers.get(t, [])
+                              for k, i in enumerate(n.input) if i == t and (n.op_type, k) in ZERO_SENSITIVE})
+            if readers:
+                out.append({"tensor": t, "values_flushed": st.fp16_flushed,
+                            "fraction": round(st.fp16_flushed / max(st.count, 1), 6), "read_by": readers,
+                            "how": f"values of magnitude <= {FP16_FLUSH:g} become 0 in float16"})
+        return out
 
     def weight_value(self, weight: str, prec: Precision) -> np.ndarray:
         """The weight as the simulation sees it: DequantizeLinear(QuantizeLinear(w)), fp16 or float."""

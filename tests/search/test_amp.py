@@ -148,6 +148,11 @@ def test_fast_amp_finds_the_mix_in_few_evaluations(tmp_path: Path) -> None:
     uniform_fp16 = profile_cost(ws.graph, Profile.uniform(groups, Precision.parse("fp16"))).bops_ratio
     assert acc["cost"] < uniform_fp16
     assert f["full_evaluations"] == d["evaluations"] < 3 + 2 * len(groups)  # fewer than greedy's phase 1
+    # only uniform fp16 passes: it is always evaluated (as the list's entry 0, fast:0, or in the last stage) and
+    # reported, whatever name it was evaluated under
+    assert {e["profile"]: e["name"] for e in d["all"]}.get("fp16") in ("fast:0", "uniform:fp16")
+    assert d["cheapest_passing_uniform"] == "uniform:fp16"
+
     # every list entry evaluated on the way agrees with the target where the search says it does
     lo, hi = f["cheapest_passing_index"], f["first_failing_index"]
     by_index = {e["index"]: e["metric"] for e in f["pareto_list"]}
@@ -176,3 +181,8 @@ def test_prefix_reuse_only_where_greedy_phase_1_runs() -> None:
     assert amp_needs(cands, "auto", 5).reuse  # auto: greedy on a few groups
     assert not amp_needs(cands, "auto", 300).reuse  # and fast on hundreds
     assert amp_needs(cands, "fast", 5).extra_precisions == ("w8a8", "w4a8", "fp16")
+
+
+def test_a_uniform_profile_is_known_by_its_content() -> None:
+    assert Profile.uniform(["a", "b"], "w8a16").uniform_precision == Precision.parse("w8a16")
+    assert Profile.make({"a": "w8a16", "b": "fp16"}).uniform_precision is None

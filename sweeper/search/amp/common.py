@@ -63,7 +63,8 @@ class AMPState:
     def add(self, ev: Evaluated, profile: Profile) -> None:
         """Record an evaluated profile. One asked for again under another name (Optuna asking for the uniform
         candidates or greedy points it was seeded with) keeps its first record, whose name says which search
-        evaluated it: ``uniform:*`` is what the uniform comparison and the latency check look for."""
+        evaluated it (the uniform comparison and the latency check know a uniform profile by its content:
+        :attr:`~sweeper.quant.profile.Profile.uniform_precision`)."""
         self.evaluated.setdefault(profile.key, (profile, ev))
 
     def metric(self, profile: Profile) -> float | None:

@@ -63,7 +63,9 @@ class FastAMP:
     evaluations find its cheapest passing entry by a parallel k-ary search (one probe per worker and round,
     entry 0 not assumed to pass; it stops once the unknown entries could make the answer at most
     ``cost_tolerance`` cheaper), then ``repair_rounds`` rounds try further moves on top of the answer; the
-    uniform candidates cheaper than the answer are evaluated last (never a costlier answer than they give)."""
+    uniform candidates cheaper than the answer are evaluated last (never a costlier answer than they give), then,
+    while none of the evaluated uniform candidates passes, the next cheapest (so the cheapest passing one is
+    always known)."""
 
     def __init__(self, ws: Workspace, candidates: list[Precision], cost: Callable[[Profile], float],
                  workers: int, repair_rounds: int = 0, cost_tolerance: float = 0.02, cost_name: str = "") -> None:
@@ -161,6 +163,23 @@ class FastAMP:
             out[f"uniform:{c.name}"] = p
         return out
 
+    def _passing_uniform_probes(self, state: AMPState, ok: Callable[[float], bool]) -> dict[str, Profile]:
+        """When no evaluated uniform candidate passes yet: the cheapest ones not evaluated and not shown to fail
+        (one per worker), so that the cheapest passing uniform candidate is always known and reported (the
+        costliest, the list's entry 0, is not assumed to pass; usually one evaluation)."""
+        if any(p.uniform_precision is not None and ok(ev.metric) for p, ev in state.evaluated.values()):
+            return {}
+        failing = [p for p, ev in state.evaluated.values() if not ok(ev.metric)]
+        out: dict[str, Profile] = {}
+        for c in sorted(self.candidates, key=lambda c: self.cost(Profile.uniform(self.groups, c))):
+            p = Profile.uniform(self.groups, c)
+            if state.metric(p) is not None or any(all(at_least(f[g], c) for g in self.groups) for f in failing):
+                continue
+            out[f"uniform:{c.name}"] = p
+            if len(out) == self.workers:
+                break
+        return out
+
     def _answer_now(self, state: AMPState, ok: Callable[[float], bool]) -> Profile | None:
         passing = [p for p, ev in state.evaluated.values() if ok(ev.metric)]
         return min(passing, key=self.cost) if passing else None
@@ -183,10 +202,14 @@ class FastAMP:
                     return Batch(probes, reference=answer)
             self._stage = "uniform"
         if self._stage == "uniform":
-            self._stage = "done"
+            self._stage = "known_uniform"
             state.seeds = [p for p, _ in state.evaluated.values()]  # what fast+optuna's Optuna starts from
             if probes := self._uniform_probes(state, ok, answer):
                 return Batch(probes)
+        if self._stage == "known_uniform":
+            if probes := self._passing_uniform_probes(state, ok):
+                return Batch(probes)
+            self._stage = "done"
         return None
 
     def observe(self, results: dict[str, Evaluated], profiles: dict[str, Profile]) -> None:

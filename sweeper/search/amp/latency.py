@@ -57,8 +57,8 @@ def measure_and_check(ws: Workspace, sweep: Sweep, state: AMPState, ok: Callable
     if accepted is not None:
         named["accepted"] = accepted[0]
     named.update({f"front{i:02d}": item[0] for i, (_, _, item) in enumerate(front)})
-    uniforms = {ev.name.replace(":", "-"): p for p, ev in state.evaluated.values()
-                if ev.name.startswith("uniform:") and ok(ev.metric)}
+    uniforms = {f"uniform-{u.name}": p for p, ev in state.evaluated.values()
+                if (u := p.uniform_precision) is not None and ok(ev.metric)}
     named.update(uniforms)
     exports = sweep.export_profiles(named)
     by_key = {p.key: exports[n][0] for n, p in named.items()}  # one measurement per distinct profile

@@ -113,7 +113,7 @@ def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup:
     reports = {k: s.report(st, ok) for k, s in step.searches.items()}
     points = [(ev.metric if higher else -ev.metric, cost_of(p), (p, ev)) for p, ev in st.evaluated.values()]
     passing = [(c, m, item) for m, c, item in points if ok(item[1].metric)]
-    accepted = min(passing, key=lambda t: (t[0], -t[1]))[2] if passing else None
+    accepted = max(passing, key=lambda t: (t[0], -t[1]))[2] if passing else None
     front = pareto_front(points)
     plot = render_in_background(ctx.pool, _plot_doc(step, front, accepted, reports), "amp_pareto")
     lat = measure_and_check(ws, ctx.sweep, st, ok, accepted, front, step.cost_name) if step.measure else None
@@ -139,8 +139,8 @@ def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup:
                         **latency_fields(ev, measured.get("accepted")), "profile": p.label(),
                         "mixed": len(set(p.to_json().values())) > 1, "assignment": p.to_json(),
                         "onnx": ctx.final_path("accepted.onnx"), "encodings": ctx.final_path("accepted.encodings")}
-    uniform_passing = sorted((cost_of(p), ev.name) for p, ev in st.evaluated.values()
-                             if ev.name.startswith("uniform:") and ok(ev.metric))
+    uniform_passing = sorted((cost_of(p), f"uniform:{u.name}") for p, ev in st.evaluated.values()
+                             if (u := p.uniform_precision) is not None and ok(ev.metric))
     doc = {"experiment": ws.exp.name, "metric": ws.exp.metric, "fp32_metric": ws.fp32_metric,
            "max_drop": ws.exp.max_drop, "algorithm": step.algorithm, "cost": step.cost_name,
            "candidates": [c.name for c in step.candidates], "accepted": accepted_doc,
