@@ -72,5 +72,7 @@ def format_amp(d: dict[str, Any], metric: str, output: Any) -> str:
     if d.get("latency_rank_correlation") is not None:
         lines.append(f"rank correlation of estimated vs measured latency over the front: "
                      f"{d['latency_rank_correlation']:.2f}")
+        if (note := (d.get("latency") or {}).get("estimate_note")):
+            lines.append(f"note: {note}")
     lines.append(f"results: {output}/results.json  plot: {output}/pareto.png")
     return "\n".join(lines)

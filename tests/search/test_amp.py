@@ -186,3 +186,16 @@ def test_prefix_reuse_only_where_greedy_phase_1_runs() -> None:
 def test_a_uniform_profile_is_known_by_its_content() -> None:
     assert Profile.uniform(["a", "b"], "w8a16").uniform_precision == Precision.parse("w8a16")
     assert Profile.make({"a": "w8a16", "b": "fp16"}).uniform_precision is None
+
+
+def test_an_estimate_that_misranks_the_measured_front_says_it_is_for_another_target() -> None:
+    from sweeper.report.amp import format_amp
+    from sweeper.search.amp.latency import estimate_note
+
+    assert estimate_note("npu_generic", "an NPU", 1.0) is None and estimate_note("npu_generic", "", None) is None
+    note = estimate_note("npu_generic", "an NPU", -1.0)
+    assert note is not None and "'npu_generic'" in note and "rank correlation -1.00" in note
+    doc = {"algorithm": "fast", "cost": "bops", "experiment": "x", "candidates": ["w8a8", "fp16"], "fp32_metric": 1.0,
+           "max_drop": 0.01, "evaluations": 3, "search_seconds": 1.0, "pareto_front": [], "accepted": None,
+           "latency_rank_correlation": -1.0, "latency": {"estimate_note": note}}
+    assert f"note: {note}" in format_amp(doc, "top1", Path("out"))

@@ -90,10 +90,23 @@ def measure_and_check(ws: Workspace, sweep: Sweep, state: AMPState, ok: Callable
     return LatencyCheck(accepted, exports, measured, doc)
 
 
-def latency_doc(ws: Workspace, lat: LatencyCheck | None) -> dict[str, Any]:
-    """What the latency figures of results.json are: units, the estimate's target, how it was measured."""
+def estimate_note(target_name: str, description: str, corr: float | None) -> str | None:
+    """What a user must know when the estimated latency beside the front does not rank it the way this
+    machine's measurement does: the estimate is for another target. None when they agree (or nothing was
+    measured)."""
+    if corr is None or corr >= 0.999:
+        return None
+    return (f"the estimated latency is for target {target_name!r} ({description or 'see sweeper/cost/targets'}), "
+            f"not for the machine measured here: it ranks the front differently (rank correlation {corr:.2f}); "
+            "the measured figures are this machine's (--cost latency decides by them)")
+
+
+def latency_doc(ws: Workspace, lat: LatencyCheck | None, corr: float | None = None) -> dict[str, Any]:
+    """What the latency figures of results.json are: units, the estimate's target, how it was measured, and
+    whether the estimate ranks the front as the measurement does."""
     target = ws.cost_model.target
     return {"unit": "ms per sample", "estimate_target": target.name, "estimate_target_kind": target.kind,
+            "estimate_note": estimate_note(target.name, target.description, corr),
             "estimate_batch": ws.cost_model.batch,
             "measured": None if lat is None else
             "ONNX Runtime CPU EP, 1 thread, default graph optimizations, the first evaluation batch "

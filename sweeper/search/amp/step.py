@@ -113,7 +113,7 @@ def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup:
     reports = {k: s.report(st, ok) for k, s in step.searches.items()}
     points = [(ev.metric if higher else -ev.metric, cost_of(p), (p, ev)) for p, ev in st.evaluated.values()]
     passing = [(c, m, item) for m, c, item in points if ok(item[1].metric)]
-    accepted = max(passing, key=lambda t: (t[0], -t[1]))[2] if passing else None
+    accepted = min(passing, key=lambda t: (t[0], -t[1]))[2] if passing else None
     front = pareto_front(points)
     plot = render_in_background(ctx.pool, _plot_doc(step, front, accepted, reports), "amp_pareto")
     lat = measure_and_check(ws, ctx.sweep, st, ok, accepted, front, step.cost_name) if step.measure else None
@@ -146,7 +146,7 @@ def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup:
            "candidates": [c.name for c in step.candidates], "accepted": accepted_doc,
            "cheapest_passing_uniform": uniform_passing[0][1] if uniform_passing else None,
            "evaluations": len(st.evaluated), "search_seconds": search_seconds, "pool_startup_seconds": startup,
-           "pareto_front": front_doc, "latency_rank_correlation": corr, "latency": latency_doc(ws, lat),
+           "pareto_front": front_doc, "latency_rank_correlation": corr, "latency": latency_doc(ws, lat, corr),
            "greedy": reports.get("greedy"), "fast": reports.get("fast"), "optuna": reports.get("optuna"),
            "faults": ctx.pool.faults() if hasattr(ctx.pool, "faults") else None,
            "all": [{"name": ev.name, "metric": ev.metric, "cost": cost_of(p), "profile": p.label()}
