@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,11 @@ class Workspace:
         self._tmp = tempfile.TemporaryDirectory(prefix="sweeper-")
         self.tmp = Path(self._tmp.name)
         self.threads = threads or exp.threads_per_worker
+        # seconds of each preparation phase on the driver (every step's results.json records them)
+        self.prepare_seconds: dict[str, float] = {}
+        clock = _PhaseClock(self.prepare_seconds)
         self.prepared = prepare_model(self._load_model())
+        clock.lap("model")
         self.specs = input_specs_from_onnx(self.prepared)
         self.graph = ModelGraph(self.prepared)
         self.evaluator = make_evaluator(exp.metric, exp.higher_is_better, exp.batch_size, list(self.specs),
@@ -55,7 +60,8 @@ class Workspace:
             self.exp = exp = dataclasses.replace(exp, metric=self.evaluator.metric)
         self._load_data()
         self._note_samples()
-        self._calibrate()
+        clock.lap("data")
+        self._calibrate(clock)
         from sweeper.cost.latency import CostModel, load_target
 
         batched = self.cal_set.layout == "batched"  # feeds: costs per model run (no batch axis to spread over)
@@ -66,6 +72,7 @@ class Workspace:
         data = self.eval_set if self.eval_set is not None else self.eval_data
         self.reference = self.evaluator.reference_outputs(run, data) if self.evaluator.needs_reference else None
         self.fp32_metric = float(self.evaluator.evaluate(run, data, self.reference))
+        clock.lap("fp32_reference")
         if reference_of is not None:
             self.reference, self.fp32_metric = reference_of.reference, reference_of.fp32_metric
         self.fingerprint = self._fingerprint()
@@ -80,6 +87,7 @@ class Workspace:
             from sweeper.techniques.adaround.rounding_file import load_rounding
 
             self.use_rounding(load_rounding(exp.rounding, graph=self.graph), str(exp.rounding))
+        clock.total()
 
     def _load_model(self) -> onnx.ModelProto:
         """The user's model: an ONNX file, a torch factory, or a function (an import path, or a callable
@@ -133,7 +141,7 @@ class Workspace:
             assert self.eval_set is not None
             check_dataset(self.eval_set, self.specs, self.evaluator.needs_labels, f"{where}.evaluation")
 
-    def _calibrate(self) -> None:
+    def _calibrate(self, clock: _PhaseClock | None = None) -> None:
         """One pass over the calibration data: statistics of every quantizer, MACs, the encoding table."""
         exp, graph = self.exp, self.graph
         weight_outputs = [n.output[0] for n in graph.nodes if n.op_type in WEIGHT_OPS]
@@ -143,6 +151,8 @@ class Workspace:
             batch_size=exp.batch_size, max_samples=exp.calibration.samples, threads=self.threads,
         )
         graph.compute_macs(self.stats.shapes, batched=self.cal_set.layout == "batched")
+        if clock:
+            clock.lap("calibration")
         c = exp.calibration
         self.quant_config = QuantConfig(scheme=c.scheme, percentile=c.percentile, act_symmetric=c.act_symmetric,
                                         weight_symmetric=c.weight_symmetric, per_channel=c.per_channel,
@@ -156,7 +166,11 @@ class Workspace:
         self.stats.by_weight_bits = collect_weight_aware(
             graph, self.table.weight, bits, self.cal_set, batch_size=exp.batch_size,
             max_samples=exp.calibration.samples, threads=self.threads)
+        if clock:
+            clock.lap("weight_aware_calibration")
         self._check_encodings()
+        if clock:
+            clock.lap("encodings")
 
     def _check_encodings(self) -> None:
         """Every candidate's encodings are finite now, while preparing (seconds), not when a step writes them
@@ -273,6 +287,22 @@ class Workspace:
 
     def close(self) -> None:
         self._tmp.cleanup()
+
+
+class _PhaseClock:
+    """Seconds per named phase, written into ``into`` as each phase ends (``total`` adds their sum)."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.t = into, time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.into[phase] = round(self.into.get(phase, 0.0) + now - self.t, 3)
+        self.t = now
+
+    def total(self) -> None:
+        self.lap("other")
+        self.into["total"] = round(sum(v for k, v in self.into.items() if k != "total"), 3)
 
 
 def _digest(data: Any) -> str:

@@ -145,6 +145,7 @@ def run_step(step: Step, ws: Workspace, pool: Any, tracker: Tracker | None, fres
         _drive(step, sweep, pool)
         result = step.finish(StepContext(ws, sweep, pool, out.path, out.final))
         result.doc.update(_worker_figures(sweep, pool))
+        result.doc["prepare_seconds"] = dict(ws.prepare_seconds)  # the driver's preparation of the model
         for name, ev in sweep.results.items():  # the records the API returns point at the final folder
             sweep.results[name] = _relocate(ev, str(out.path), str(out.final))
         result.doc = _final_paths(result.doc, str(out.path), str(out.final))

@@ -47,6 +47,11 @@ def test_table_and_results(baseline_run) -> None:  # noqa: ANN001
         enc = json.loads(Path(r["encodings"]).read_text())
         assert enc["version"] == "1.0.0" and enc["param_encodings"]
     assert not list((work / "out").glob(".*staging*"))
+    prep = doc["prepare_seconds"]  # the driver's preparation, phase by phase
+    assert {"model", "data", "calibration", "weight_aware_calibration", "encodings", "fp32_reference",
+            "total"} <= set(prep)
+    assert prep["total"] == pytest.approx(sum(v for k, v in prep.items() if k != "total"), abs=0.01)
+    assert prep["calibration"] > 0 and prep["fp32_reference"] > 0
 
 
 def _sim_logits(precision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
