@@ -146,9 +146,11 @@ class Workspace:
         exp, graph = self.exp, self.graph
         weight_outputs = [n.output[0] for n in graph.nodes if n.op_type in WEIGHT_OPS]
         weight_inputs = [n.input[0] for n in graph.nodes if n.op_type in WEIGHT_OPS]
+        histograms = exp.calibration.scheme != "minmax"  # min-max encodings read the ranges only
         self.stats = calibration.collect(
             self.prepared, graph.activations, weight_outputs + weight_inputs, self.cal_set, graph.input_names,
             batch_size=exp.batch_size, max_samples=exp.calibration.samples, threads=self.threads,
+            histograms=histograms,
         )
         graph.compute_macs(self.stats.shapes, batched=self.cal_set.layout == "batched")
         if clock:
@@ -165,7 +167,7 @@ class Workspace:
         bits = {p.weight_bits for p in exp.candidates if not p.is_float} | {8, 16}
         self.stats.by_weight_bits = collect_weight_aware(
             graph, self.table.weight, bits, self.cal_set, batch_size=exp.batch_size,
-            max_samples=exp.calibration.samples, threads=self.threads)
+            max_samples=exp.calibration.samples, threads=self.threads, histograms=histograms)
         if clock:
             clock.lap("weight_aware_calibration")
         self._check_encodings()

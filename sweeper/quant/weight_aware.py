@@ -59,6 +59,7 @@ def collect_weight_aware(
     batch_size: int = 64,
     max_samples: int | None = None,
     threads: int = 0,
+    histograms: bool = True,
 ) -> dict[int, dict[str, TensorStats]]:
     """Statistics of every activation quantizer of ``graph``, one pass per integer weight bit width, with the
     weights fake-quantized at that width: ``{bits: {tensor: TensorStats}}``. ``data`` is whatever
@@ -67,6 +68,6 @@ def collect_weight_aware(
     for bits in weight_bits_to_calibrate(weight_bits):
         model = model_with_quantized_weights(graph, weight_encoding, bits)
         stats = collect(model, graph.activations, [], data, graph.input_names, batch_size=batch_size,
-                        max_samples=max_samples, threads=threads)
+                        max_samples=max_samples, threads=threads, histograms=histograms)
         out[bits] = stats.tensors
     return out

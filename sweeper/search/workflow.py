@@ -288,7 +288,8 @@ def _repeat_steps(s: Any, settings: WorkflowSpec, report: WorkflowReport, fresh:
 
 def _qat_step(s: Any, settings: WorkflowSpec, report: WorkflowReport, ok: dict[str, bool], fresh: bool,
               show: Callable[[str, Any], None]) -> None:
-    """Rule 5: QAT last, when enabled and the model is a PyTorch module with training data."""
+    """Rule 5: QAT, when enabled and the model is a PyTorch module with training data, then Steps 1-3 again on
+    the trained float model (:meth:`~sweeper.api.Session.use_model`)."""
     if not settings.qat:
         report.decisions.append("Step 5 (QAT): disabled")
         return

@@ -118,6 +118,13 @@ def test_qat_api_keeps_a_mixed_profile_and_calls_the_user_training(tmp_path: Pat
         (tmp_path / "amp.json").write_text(json.dumps({"accepted": {"assignment": assignment}}))
         train_data = {"x": data["x"], "y": s.ws.fp32_run({"x": data["x"]})[0]}
         rep = s.qat(str(tmp_path / "amp.json"), data=train_data, train=fit, epochs=5, lr=1e-3)
+        # the exported QDQ model in plain ONNX Runtime under the session options it names, scored by the
+        # experiment's metric on the whole evaluation set: what the simulation of the learned encodings scored
+        from sweeper.model.session import reference_session
+
+        exported = reference_session(rep.doc["onnx"], s.ws.threads)
+        eval_set = s.ws.eval_set if s.ws.eval_set is not None else s.ws.evaluation_data()
+        exported_metric = s.ws.evaluator.evaluate(lambda feeds: exported.run(None, feeds), eval_set, s.ws.reference)
     doc = rep.doc
     assert len(calls) == 5 and calls[-1][1] < calls[0][1]  # the user's function trained it
     assert doc["assignment"] == assignment and doc["train"] == "fit"
@@ -128,8 +135,11 @@ def test_qat_api_keeps_a_mixed_profile_and_calls_the_user_training(tmp_path: Pat
         p = Precision.parse(assignment[g])
         want = None if p.is_fp32 else ("FLOAT", 16) if p.is_fp16 else ("INT", p.weight_bits)
         assert bits.get(w) == want, w
-    assert doc["export_max_abs_diff"] < 1e-4 and doc["export_top1_agreement"] >= 0.9
-    assert np.isfinite(doc["metric_before"]) and np.isfinite(doc["metric_after"])
+    assert doc["export_max_abs_diff"] == 0.0 and exported_metric == doc["metric_after"]  # sim = export, exactly
+    assert doc["export_top1_agreement"] >= 0.9  # under ONNX Runtime's default optimizations
+    # distilling the FP32 outputs brings the mix closer to them (measured: cosine 0.99112 -> 0.99567 of 1.0)
+    assert doc["fp32_metric"] == 1.0 and doc["metric_after"] >= doc["metric_before"] + 0.002
+    assert doc["drop_after"] < doc["drop_before"] and doc["meets_target"]
 
 
 def test_run_trains_w2a8_then_repeats_steps_1_to_3_on_the_trained_weights(tmp_path: Path) -> None:

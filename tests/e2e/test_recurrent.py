@@ -48,6 +48,17 @@ def _exported_metric(onnx_path: str, kind: str) -> float:
     return getattr(recurrent, metric)(run, getattr(recurrent, ev)())
 
 
+def _is_the_cheapest_lossless_profile(amp: dict, fp32_metric: float) -> None:
+    """AMP's answer on the detector: every candidate keeps the FP32 accuracy (the recurrent weights stay float),
+    so AMP accepts the cheapest profile it can build, every group at w4a4 (a quarter of w8a8's BOPs), at the
+    FP32 metric; nothing it evaluated is cheaper."""
+    acc = amp["accepted"]
+    assert acc["profile"] == "w4a4" and set(acc["assignment"].values()) == {"w4a4"} and not acc["mixed"]
+    assert acc["metric"] == fp32_metric == 1.0 and acc["drop"] == 0.0 <= amp["max_drop"]
+    assert acc["bops_ratio"] == acc["cost"] == 0.25
+    assert acc["cost"] == min(e["cost"] for e in amp["all"]) and amp["cheapest_passing_uniform"] == "uniform:w4a4"
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_cli_runs_every_step_on_a_stateful_model(tmp_path: Path, kind: str) -> None:
     exp = _yaml(tmp_path, kind)
@@ -64,7 +75,8 @@ def test_cli_runs_every_step_on_a_stateful_model(tmp_path: Path, kind: str) -> N
     assert len(sens["groups"]) >= 3 and all(0.0 <= g["enable_one"] <= 1.0 for g in sens["groups"])
     _cli(tmp_path, "amp", str(exp), "--candidates", "w4a4,w4a8,w8a8,fp16")
     amp = json.loads((tmp_path / "out" / "amp" / "results.json").read_text())
-    assert amp["accepted"] is not None
+    _is_the_cheapest_lossless_profile(amp, doc["fp32_metric"])
+    assert doc["chosen"] == "w4a4"  # Step 1's pick: the same profile
     assert _exported_metric(amp["accepted"]["onnx"], kind) == amp["accepted"]["metric"]
 
 
@@ -75,11 +87,11 @@ def test_python_api_runs_the_steps_on_feeds_and_a_callable_metric(tmp_path: Path
         candidates=CANDIDATES, output=tmp_path / "out", workers=1)
     with sweeper.Session(exp, tracking=False) as s:
         base = s.baseline()
-        assert {r.name for r in base.rows} == set(CANDIDATES) and base.chosen is not None
+        assert {r.name for r in base.rows} == set(CANDIDATES) and base.chosen == "w4a4"
         ana = s.analyze(base="w4a4")
         assert ana.doc["groups"] and ana.output == tmp_path / "out" / "analyze"
         amp = s.amp(candidates=["w4a4", "w4a8", "fp16"], measure=False)
-        assert amp.doc["accepted"] is not None
+        _is_the_cheapest_lossless_profile(amp.doc, base.fp32_metric)
         out = s.export("w8a8", tmp_path / "w8a8.onnx")
         w8a8 = next(r for r in base.rows if r.name == "w8a8")
     assert out.is_file() and out.with_suffix(".encodings").is_file()
