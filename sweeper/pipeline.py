@@ -177,11 +177,17 @@ class Workspace:
     def _check_encodings(self) -> None:
         """Every candidate's encodings are finite now, while preparing (seconds), not when a step writes them
         after minutes of evaluation: a model that cannot be quantized fails here with one line."""
-        from sweeper.export.encodings_io import non_finite_values
+        from sweeper.export.encodings_io import non_finite_values, validate_encodings
 
         groups = [g.name for g in self.graph.groups]
         for prec in self.exp.candidates:
-            bad = non_finite_values(self.table.to_aimet(Profile.uniform(groups, prec)))
+            doc = self.table.to_aimet(Profile.uniform(groups, prec))
+            bad = non_finite_values(doc)
+            if not bad:
+                try:  # the rule the exporter applies: every scale finite and positive, offsets on the grid...
+                    validate_encodings(doc, f"{self.exp.name} at {prec.name}")
+                except ValueError as exc:
+                    raise SweeperError("model", str(exc)) from None
             if bad:
                 more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
                 raise SweeperError("model", f"{self.exp.name} at {prec.name}: encoding {bad[0]}{more}: expected "
@@ -240,7 +246,7 @@ class Workspace:
         conversion, what stays float (subgraph bodies, shared biases) and masking sentinels."""
         from sweeper.model.intake import opset_report
 
-        return {"opset": opset_report(self.prepared), "left_float": self.graph.left_float(),
+        return {"opset": opset_report(self.prepared), "left_float": self.graph.left_float() + self.table.kept_float(),
                 "sentinels": self.stats.sentinel_report()}
 
     def fp32_run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -122,6 +122,17 @@ def _round_half_away(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
+MIN_SCALE = float(np.finfo(np.float32).tiny)  # the smallest normal float32: no scale is 0 or subnormal
+EMPTY_RANGE_SCALE = 1e-8  # the scale of a range with nothing in it (all zeros)
+
+
+def _positive_scale(scale64: np.ndarray) -> np.ndarray:
+    """Every scale a positive normal float32: an empty range gets ``EMPTY_RANGE_SCALE``, a range so small that
+    its scale would round to 0 or a subnormal in float32 (a layer of subnormal activations) gets ``MIN_SCALE``
+    (its values quantize to 0, as they are 0 to any precision that matters)."""
+    return np.where(scale64 > 0, np.maximum(scale64, MIN_SCALE), EMPTY_RANGE_SCALE)
+
+
 def symmetric_scale(lo: np.ndarray, hi: np.ndarray, bitwidth: int) -> np.ndarray:
     """Scale of AIMET's signed symmetric grid ``[-2**(bw-1), 2**(bw-1) - 1] * scale`` covering ``[lo, hi]``.
 
@@ -149,12 +160,11 @@ def encoding_from_range(
     hi = np.maximum(np.asarray(hi, np.float64), 0.0)
     levels = (1 << bitwidth) - 1
     if symmetric:
-        scale64 = symmetric_scale(lo, hi, bitwidth)
-        scale = np.where(scale64 > 0, scale64, 1e-8).astype(np.float32)
+        scale64 = _positive_scale(symmetric_scale(lo, hi, bitwidth))
+        scale = scale64.astype(np.float32)
         offset = np.full(scale.shape, -(1 << (bitwidth - 1)), np.int64)
     else:
-        scale64 = (hi - lo) / levels
-        scale64 = np.where(scale64 > 0, scale64, 1e-8)
+        scale64 = _positive_scale((hi - lo) / levels)
         scale = scale64.astype(np.float32)
         offset = np.clip(_round_half_away(lo / scale64), -levels, 0).astype(np.int64)
     return Encoding(

@@ -5,8 +5,8 @@ A plain float32 -> float16 cast turns 70000 into inf and a -3.4e38 attention-mas
 instead, so the simulation and the export both clip to ``[-FP16_MAX, FP16_MAX]`` before the cast.
 
 At the other end, a value of magnitude at most ``FP16_FLUSH`` (half the smallest float16 subnormal) becomes
-zero: harmless in a sum, fatal where the tensor feeds a Log, a Reciprocal, a Sqrt, a
-divisor or a Pow (``ZERO_SENSITIVE``). Such underflow is reported per tensor, as saturation is.
+zero: harmless in a sum, fatal where the tensor feeds a Log, a Reciprocal, a Sqrt, a divisor or a Pow
+(:mod:`sweeper.quant.zero`). Such underflow is reported per tensor, as saturation is.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import numpy as np
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_FLUSH = 2.0**-25  # |x| <= this rounds to zero in float16 (half the smallest subnormal, 2**-24)
-# (op type, input index) where a zero changes the result's nature: -inf, inf, NaN
-ZERO_SENSITIVE = {("Log", 0), ("Reciprocal", 0), ("Div", 1), ("Pow", 0), ("Sqrt", 0)}
 
 
 def to_fp16(x: np.ndarray) -> np.ndarray:

@@ -16,9 +16,10 @@ from sweeper.quant.encoding import (
     encoding_from_range,
     float16_encoding,
 )
-from sweeper.quant.fp16 import FP16_FLUSH, FP16_MAX, ZERO_SENSITIVE, exceeds_fp16, fp16_round_trip
+from sweeper.quant.fp16 import FP16_FLUSH, FP16_MAX, exceeds_fp16, fp16_round_trip
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
+from sweeper.quant.zero import never_zero, zero_sensitive_readers
 
 
 @dataclass
@@ -46,11 +47,23 @@ class EncodingTable:
         self._bias: dict[tuple[str, bytes], BiasEncoding] = {}
         self.rounding: dict[tuple[str, int], np.ndarray] = {}  # learned integers (AdaRound) per (weight, bits)
         self.group_of = graph.group_of()
+        self.zero_readers = {t: r for t in graph.activations
+                             if (r := zero_sensitive_readers(t, graph.consumers.get(t, [])))}
+        # strictly positive tensors read where a zero breaks the reader (sweeper.quant.zero): never quantized
+        self.never_zero = {t: r for t, r in self.zero_readers.items()
+                           if (st := stats.tensors.get(t)) is not None and never_zero(float(st.min), st.count, r)}
 
-    # quantizers the simulation keeps in float whatever the precision (masks without a real range)
+    # quantizers the simulation and the export keep float whatever the precision: masks without a real range,
+    # and strictly positive tensors that a zero would break (a Log's input, a divisor)
     def always_float(self, tensor: str) -> bool:
         st = self.stats.tensors.get(tensor)
-        return st is not None and st.sentinels > 0 and st.degenerate
+        return tensor in self.never_zero or (st is not None and st.sentinels > 0 and st.degenerate)
+
+    def kept_float(self) -> list[dict[str, object]]:
+        """The activations kept float because a zero would break their readers, with the reason (results.json)."""
+        return [{"tensor": t, "reason": "strictly positive, read where a zero gives -inf/inf/NaN: a quantization "
+                                        "grid holds 0, so it is kept float", "min": float(self.stats.tensors[t].min),
+                 "read_by": r} for t, r in sorted(self.never_zero.items())]
 
     def activation(self, tensor: str, bits: int, weight_bits: int = 32) -> Encoding:
         """``tensor``'s encoding at ``bits``, from the statistics collected with the weights at ``weight_bits``
@@ -191,14 +204,13 @@ class EncodingTable:
 
     def _fp16_underflow(self, profile: Profile) -> list[dict[str, object]]:
         """Tensors kept in float16 under ``profile`` whose non-zero values float16 turns into zero, where the
-        tensor feeds an op that a zero breaks (a Log, a divisor, ...: ``quant.fp16.ZERO_SENSITIVE``)."""
+        tensor feeds an op that a zero breaks (a Log, a divisor, ...: :mod:`sweeper.quant.zero`)."""
         out = []
         for t in self.graph.activations:
             st = self.stats.tensors.get(t)
             if st is None or not st.fp16_flushed or not profile[self.group_of[t]].is_fp16 or self.always_float(t):
                 continue
-            readers = sorted({f"{n.op_type} {n.name}".strip() for n in self.graph.consumers.get(t, [])
-                              for k, i in enumerate(n.input) if i == t and (n.op_type, k) in ZERO_SENSITIVE})
+            readers = self.zero_readers.get(t)
             if readers:
                 out.append({"tensor": t, "values_flushed": st.fp16_flushed,
                             "fraction": round(st.fp16_flushed / max(st.count, 1), 6), "read_by": readers,

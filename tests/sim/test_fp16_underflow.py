@@ -1,5 +1,6 @@
-"""float16 underflow is reported per tensor, as saturation is: values that float16 turns into zero where the
-tensor feeds a Log or a divisor (an audio front end's power spectrum before its Log, a norm before a Div)."""
+"""Zeros that break a model (sweeper.quant.zero): a strictly positive tensor read by a Log or as a divisor is
+kept float at every precision (a grid holds 0: its smallest values would become exactly 0); float16 underflow
+of a tensor that a zero breaks is reported per tensor, as saturation is."""
 
 from __future__ import annotations
 
@@ -11,21 +12,28 @@ from conftest import write_experiment
 from onnx import TensorProto, helper, numpy_helper
 
 from sweeper.config.experiment import load_experiment
+from sweeper.export.qdq import export_qdq
+from sweeper.model.session import reference_session
 from sweeper.pipeline import Workspace
 from sweeper.quant.fp16 import flushed_to_zero
 from sweeper.quant.profile import Profile
+from sweeper.sim.quantsim import QuantSim
 
 
 def _log_power_model() -> onnx.ModelProto:
-    """x -> Gemm -> Mul (tiny gain: a power spectrum of quiet audio) -> Abs -> Log; and x / (Gemm output)."""
+    """x -> Gemm -> h; Mul (tiny gain: the power of quiet audio) -> Abs -> + eps -> Log (a log spectrum);
+    and y = Log(...) + x / (h * gain) (a divisor of both signs, some tiny)."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array((rng.standard_normal((4, 4)) * 0.3).astype(np.float32), "w"),
-             numpy_helper.from_array(np.array(1e-9, np.float32), "gain")]
+             numpy_helper.from_array(np.array(1e-9, np.float32), "gain"),
+             numpy_helper.from_array(np.array(1e-12, np.float32), "eps")]
     nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc"),
              helper.make_node("Mul", ["h", "gain"], ["power"], name="gain_mul"),
              helper.make_node("Abs", ["power"], ["mag"], name="abs"),
-             helper.make_node("Log", ["mag"], ["logmag"], name="log"),
-             helper.make_node("Add", ["logmag", "h"], ["y"], name="mix")]
+             helper.make_node("Add", ["mag", "eps"], ["mag_eps"], name="add_eps"),
+             helper.make_node("Log", ["mag_eps"], ["logmag"], name="log"),
+             helper.make_node("Div", ["x", "power"], ["ratio"], name="ratio"),
+             helper.make_node("Add", ["logmag", "ratio"], ["y"], name="mix")]
     graph = helper.make_graph(nodes, "logpower", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -37,15 +45,29 @@ def test_flushed_to_zero_counts_what_float16_zeroes() -> None:
     assert [float(v) for v in x.astype(np.float16)[:4]] == [0.0, 0.0, 0.0, 0.0] and x.astype(np.float16)[4] != 0
 
 
-def test_underflow_before_a_log_is_reported_under_fp16_only(tmp_path: Path) -> None:
-    x = np.random.default_rng(1).standard_normal((32, 4)).astype(np.float32)
-    exp = load_experiment(write_experiment(tmp_path, _log_power_model(), {"x": x}, candidates="[w8a16, fp16]"))
+def test_a_positive_log_input_stays_float_and_a_flushed_divisor_is_reported(tmp_path: Path) -> None:
+    x = np.random.default_rng(1).standard_normal((256, 4)).astype(np.float32)  # some |h| near 0
+    exp = load_experiment(write_experiment(tmp_path, _log_power_model(), {"x": x}, candidates="[w8a8, w16a16, fp16]"))
     ws = Workspace(exp)
     try:
         groups = [g.name for g in ws.graph.groups]
-        fp16 = ws.table.adjustments(Profile.uniform(groups, "fp16"))["fp16_underflow"]
-        assert [(e["tensor"], e["read_by"]) for e in fp16] == [("mag", ["Log log"])]
-        assert fp16[0]["values_flushed"] > 0.9 * 32 * 4  # nearly every value of the quiet power is below 3e-8
-        assert ws.table.adjustments(Profile.uniform(groups, "w8a16"))["fp16_underflow"] == []
+        assert set(ws.table.never_zero) == {"mag_eps"}  # positive and read by the Log; power has both signs
+        assert [e["tensor"] for e in ws.model_report()["left_float"] if "read_by" in e] == ["mag_eps"]
+        sim = QuantSim(ws.graph, ws.table, threads=1, precisions=exp.candidates, extra_outputs=["logmag"])
+        for prec in ("w8a8", "w16a16", "fp16"):
+            profile = Profile.uniform(groups, prec)
+            assert ws.table.act_encoding("mag_eps", profile[ws.table.group_of["mag_eps"]]) is None
+            sim.apply(profile)
+            assert np.isfinite(sim.run({"x": x})[1]).all()  # the Log never sees a 0 (its raw output)
+            path = tmp_path / f"{prec}.onnx"
+            onnx.save(export_qdq(ws.graph, ws.table, profile), str(path))
+            exported = reference_session(str(path), 1).run(None, {"x": x})[0]
+            assert np.array_equal(exported, sim.run({"x": x})[0], equal_nan=True)  # sim = export
+            if prec != "fp16":
+                continue
+            (under,) = ws.table.adjustments(profile)["fp16_underflow"]  # the flushed divisor, not the Log input
+            assert under["tensor"] == "power" and under["read_by"] == ["Div ratio"]
+            assert under["values_flushed"] > 0.9 * 256 * 4
+        assert ws.table.adjustments(Profile.uniform(groups, "w16a16"))["fp16_underflow"] == []
     finally:
         ws.close()

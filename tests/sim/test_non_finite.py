@@ -36,7 +36,7 @@ def test_non_finite_values_are_named_where_they_are() -> None:
 
 
 def test_an_underflowing_bias_scale_keeps_the_encodings_finite(tmp_path: Path) -> None:
-    """A 16-bit input of subnormal range times an 8-bit weight scale underflows to a zero int32 bias scale:
+    """A 16-bit input of subnormal range times an 8-bit weight scale underflows to a subnormal (or 0) int32 bias scale:
     the bias is rescaled (as deployments do) and its report stays finite, so the encodings file is valid JSON."""
     rng = np.random.default_rng(0)
     model = _gemm(rng.standard_normal((3, 4)) * 0.3, np.array([0.5, -0.2, 0.1]))
@@ -50,7 +50,7 @@ def test_an_underflowing_bias_scale_keeps_the_encodings_finite(tmp_path: Path) -
         assert rescaled["bias"] == "b" and rescaled["channels_rescaled"] == 3
         assert np.isfinite(rescaled["max_scale_factor"])
         assert ws.table.bias_encoding("b", Profile.uniform([g.name for g in ws.graph.groups], "w8a16")
-                                      ).nominal_scale.max() == 0.0  # it did underflow
+                                      ).nominal_scale.max() < np.finfo(np.float32).tiny  # it did underflow
     finally:
         ws.close()
 
@@ -63,3 +63,15 @@ def test_a_model_whose_encodings_cannot_be_finite_fails_while_preparing(tmp_path
     x = rng.standard_normal((16, 4)).astype(np.float32)
     with pytest.raises(SweeperError, match=r"at w8a16: encoding param_encodings\[0\] \('w'\)\.scale\[1\] = inf"):
         Workspace(load_experiment(write_experiment(tmp_path, model, {"x": x}, candidates="[w8a16, w8a8]")))
+
+
+def test_a_subnormal_range_gets_a_normal_positive_scale() -> None:
+    from sweeper.quant.encoding import MIN_SCALE, encoding_from_range
+
+    for sym in (False, True):
+        for bits in (8, 16):
+            enc = encoding_from_range(np.array([-3e-41]), np.array([2e-40]), bits, sym)
+            assert enc.scale[0] == np.float32(MIN_SCALE) and np.isfinite(enc.scale).all()
+            assert enc.fake_quantize(np.array([1e-40, 0.0], np.float32)).tolist() == [0.0, 0.0]
+            empty = encoding_from_range(np.array([0.0]), np.array([0.0]), bits, sym)
+            assert empty.scale[0] == np.float32(1e-8)
