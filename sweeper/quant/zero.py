@@ -10,12 +10,21 @@ tensor is kept float (it is never made 0), and reported; float16 underflow is re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import onnx
 
 # (op type, input index) where an input of 0 gives -inf, inf or NaN (or a Sqrt whose 0 feeds one of these)
 ZERO_SENSITIVE = frozenset({("Log", 0), ("Reciprocal", 0), ("Div", 1), ("Pow", 0), ("Sqrt", 0)})
+
+
+# Ops whose strictly positive output keeps the small values of a strictly positive input small: a power
+# spectrum's Pow, Sum and Sqrt, an epsilon's Add, a gain's Mul... A Log reads through them what the input held:
+# linear quantization anywhere on that chain loses the decades below one grid step (the log of a value
+# rounded to 0, or to one step, instead of 1e-14), so the chain up to its first non-positive tensor stays float.
+POSITIVE_CHAIN = frozenset({"Add", "Mul", "Sum", "Sqrt", "Pow", "Abs", "Max", "Clip", "ReduceSum", "ReduceMean",
+                            "ReduceL2", "ReduceSumSquare", "Identity", "Reshape", "Transpose", "Squeeze",
+                            "Unsqueeze", "Flatten", "Concat", "Slice", "Expand"})
 
 
 def zero_sensitive_readers(tensor: str, consumers: Iterable[onnx.NodeProto]) -> list[str]:
@@ -29,4 +38,22 @@ def never_zero(observed_min: float, count: int, readers: list[str]) -> bool:
     return count > 0 and observed_min > 0.0 and bool(readers)
 
 
-__all__ = ["ZERO_SENSITIVE", "never_zero", "zero_sensitive_readers"]
+def positive_chains(readers: Mapping[str, list[str]], positive: Callable[[str], bool],
+                    producer: Mapping[str, onnx.NodeProto]) -> dict[str, list[str]]:
+    """Tensors to keep float, each with the readers it reaches: every strictly positive tensor read where a zero
+    breaks (``readers``), and, back through ``POSITIVE_CHAIN`` ops, the strictly positive tensors feeding them."""
+    keep = {t: list(r) for t, r in readers.items() if positive(t)}
+    frontier = list(keep)
+    while frontier:
+        t = frontier.pop()
+        node = producer.get(t)
+        if node is None or node.op_type not in POSITIVE_CHAIN:
+            continue
+        for i in node.input:
+            if i and i not in keep and positive(i):
+                keep[i] = keep[t]
+                frontier.append(i)
+    return keep
+
+
+__all__ = ["POSITIVE_CHAIN", "ZERO_SENSITIVE", "never_zero", "positive_chains", "zero_sensitive_readers"]

@@ -19,7 +19,7 @@ from sweeper.quant.encoding import (
 from sweeper.quant.fp16 import FP16_FLUSH, FP16_MAX, exceeds_fp16, fp16_round_trip
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
-from sweeper.quant.zero import never_zero, zero_sensitive_readers
+from sweeper.quant.zero import never_zero, positive_chains, zero_sensitive_readers
 
 
 @dataclass
@@ -49,9 +49,15 @@ class EncodingTable:
         self.group_of = graph.group_of()
         self.zero_readers = {t: r for t in graph.activations
                              if (r := zero_sensitive_readers(t, graph.consumers.get(t, [])))}
-        # strictly positive tensors read where a zero breaks the reader (sweeper.quant.zero): never quantized
-        self.never_zero = {t: r for t, r in self.zero_readers.items()
-                           if (st := stats.tensors.get(t)) is not None and never_zero(float(st.min), st.count, r)}
+        # strictly positive tensors read where a zero breaks the reader, and the positive chains feeding them
+        # (sweeper.quant.zero): never quantized
+        acts = set(graph.activations)
+
+        def positive(t: str) -> bool:
+            st = stats.tensors.get(t)
+            return t in acts and st is not None and never_zero(float(st.min), st.count, ["reader"])
+
+        self.never_zero = positive_chains(self.zero_readers, positive, graph.producer)
 
     # quantizers the simulation and the export keep float whatever the precision: masks without a real range,
     # and strictly positive tensors that a zero would break (a Log's input, a divisor)

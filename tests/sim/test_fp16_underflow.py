@@ -51,8 +51,9 @@ def test_a_positive_log_input_stays_float_and_a_flushed_divisor_is_reported(tmp_
     ws = Workspace(exp)
     try:
         groups = [g.name for g in ws.graph.groups]
-        assert set(ws.table.never_zero) == {"mag_eps"}  # positive and read by the Log; power has both signs
-        assert [e["tensor"] for e in ws.model_report()["left_float"] if "read_by" in e] == ["mag_eps"]
+        # positive and read by the Log, and the positive Abs feeding it (a chain); power has both signs
+        assert set(ws.table.never_zero) == {"mag_eps", "mag"}
+        assert [e["tensor"] for e in ws.model_report()["left_float"] if "read_by" in e] == ["mag", "mag_eps"]
         sim = QuantSim(ws.graph, ws.table, threads=1, precisions=exp.candidates, extra_outputs=["logmag"])
         for prec in ("w8a8", "w16a16", "fp16"):
             profile = Profile.uniform(groups, prec)
@@ -71,3 +72,17 @@ def test_a_positive_log_input_stays_float_and_a_flushed_divisor_is_reported(tmp_
         assert ws.table.adjustments(Profile.uniform(groups, "w16a16"))["fp16_underflow"] == []
     finally:
         ws.close()
+
+
+def test_positive_chains_stop_at_the_first_tensor_that_is_not_positive() -> None:
+    from onnx import helper as h
+
+    from sweeper.quant.zero import positive_chains
+
+    nodes = {"pw": h.make_node("Pow", ["conv", "two"], ["pw"]), "s": h.make_node("ReduceSum", ["pw", "ax"], ["s"]),
+             "sq": h.make_node("Sqrt", ["s"], ["sq"]), "e": h.make_node("Add", ["sq", "eps"], ["e"]),
+             "conv": h.make_node("Conv", ["x", "w"], ["conv"])}
+    positive = {"pw", "s", "sq", "e", "eps"}.__contains__  # conv is signed; eps is a constant, not an activation
+    keep = positive_chains({"e": ["Log log"]}, lambda t: positive(t) and t != "eps", nodes)
+    assert set(keep) == {"e", "sq", "s", "pw"} and keep["pw"] == ["Log log"]
+    assert positive_chains({"e": ["Log log"]}, lambda t: t == "e", nodes) == {"e": ["Log log"]}
