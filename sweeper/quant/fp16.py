@@ -6,7 +6,7 @@ instead, so the simulation and the export both clip to ``[-FP16_MAX, FP16_MAX]``
 
 At the other end, a value of magnitude at most ``FP16_FLUSH`` (half the smallest float16 subnormal) becomes
 zero: harmless in a sum, fatal where the tensor feeds a Log, a Reciprocal, a Sqrt, a divisor or a Pow
-(:mod:`sweeper.quant.zero`). Such underflow is reported per tensor, as saturation is.
+(:mod:`sweeper.quant.keep_float`). Such underflow is reported per tensor, as saturation is.
 """
 
 from __future__ import annotations

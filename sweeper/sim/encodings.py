@@ -17,9 +17,9 @@ from sweeper.quant.encoding import (
     float16_encoding,
 )
 from sweeper.quant.fp16 import FP16_FLUSH, FP16_MAX, exceeds_fp16, fp16_round_trip
+from sweeper.quant.keep_float import integer_readers, never_zero, positive_chains, zero_sensitive_readers
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
-from sweeper.quant.zero import never_zero, positive_chains, zero_sensitive_readers
 
 
 @dataclass
@@ -50,7 +50,7 @@ class EncodingTable:
         self.zero_readers = {t: r for t in graph.activations
                              if (r := zero_sensitive_readers(t, graph.consumers.get(t, [])))}
         # strictly positive tensors read where a zero breaks the reader, and the positive chains feeding them
-        # (sweeper.quant.zero): never quantized
+        # (sweeper.quant.keep_float): never quantized
         acts = set(graph.activations)
 
         def positive(t: str) -> bool:
@@ -58,18 +58,27 @@ class EncodingTable:
             return t in acts and st is not None and never_zero(float(st.min), st.count, ["reader"])
 
         self.never_zero = positive_chains(self.zero_readers, positive, graph.producer)
+        # floats used as integers (a Cast to an integer type truncates what a grid moved off the integer)
+        self.integer_valued = {t: r for t in graph.activations if (r := integer_readers(t, graph.consumers.get(t, [])))}
 
-    # quantizers the simulation and the export keep float whatever the precision: masks without a real range,
-    # and strictly positive tensors that a zero would break (a Log's input, a divisor)
+    # quantizers the simulation and the export keep float whatever the precision (sweeper.quant.keep_float):
+    # masks without a real range, strictly positive tensors that a zero would break (a Log's input, a divisor,
+    # and the positive chains feeding them), floats used as integers (read by a Cast to an integer type)
     def always_float(self, tensor: str) -> bool:
+        if tensor in self.never_zero or tensor in self.integer_valued:
+            return True
         st = self.stats.tensors.get(tensor)
-        return tensor in self.never_zero or (st is not None and st.sentinels > 0 and st.degenerate)
+        return st is not None and st.sentinels > 0 and st.degenerate
 
     def kept_float(self) -> list[dict[str, object]]:
-        """The activations kept float because a zero would break their readers, with the reason (results.json)."""
-        return [{"tensor": t, "reason": "strictly positive, read where a zero gives -inf/inf/NaN: a quantization "
+        """The activations kept float because of what reads them, with the reason (results.json)."""
+        zero = [{"tensor": t, "reason": "strictly positive, read where a zero gives -inf/inf/NaN: a quantization "
                                         "grid holds 0, so it is kept float", "min": float(self.stats.tensors[t].min),
                  "read_by": r} for t, r in sorted(self.never_zero.items())]
+        ints = [{"tensor": t, "reason": "a float used as an integer (a Cast to an integer type truncates values a "
+                                        "grid moved off the integers): kept float", "read_by": r}
+                for t, r in sorted(self.integer_valued.items())]
+        return zero + ints
 
     def activation(self, tensor: str, bits: int, weight_bits: int = 32) -> Encoding:
         """``tensor``'s encoding at ``bits``, from the statistics collected with the weights at ``weight_bits``
@@ -210,7 +219,7 @@ class EncodingTable:
 
     def _fp16_underflow(self, profile: Profile) -> list[dict[str, object]]:
         """Tensors kept in float16 under ``profile`` whose non-zero values float16 turns into zero, where the
-        tensor feeds an op that a zero breaks (a Log, a divisor, ...: :mod:`sweeper.quant.zero`)."""
+        tensor feeds an op that a zero breaks (a Log, a divisor, ...: :mod:`sweeper.quant.keep_float`)."""
         out = []
         for t in self.graph.activations:
             st = self.stats.tensors.get(t)

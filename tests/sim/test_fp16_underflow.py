@@ -1,4 +1,4 @@
-"""Zeros that break a model (sweeper.quant.zero): a strictly positive tensor read by a Log or as a divisor is
+"""Zeros that break a model (sweeper.quant.keep_float): a strictly positive tensor read by a Log or as a divisor is
 kept float at every precision (a grid holds 0: its smallest values would become exactly 0); float16 underflow
 of a tensor that a zero breaks is reported per tensor, as saturation is."""
 
@@ -77,7 +77,7 @@ def test_a_positive_log_input_stays_float_and_a_flushed_divisor_is_reported(tmp_
 def test_positive_chains_stop_at_the_first_tensor_that_is_not_positive() -> None:
     from onnx import helper as h
 
-    from sweeper.quant.zero import positive_chains
+    from sweeper.quant.keep_float import positive_chains
 
     nodes = {"pw": h.make_node("Pow", ["conv", "two"], ["pw"]), "s": h.make_node("ReduceSum", ["pw", "ax"], ["s"]),
              "sq": h.make_node("Sqrt", ["s"], ["sq"]), "e": h.make_node("Add", ["sq", "eps"], ["e"]),
