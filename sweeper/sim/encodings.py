@@ -62,13 +62,13 @@ class EncodingTable:
         self.integer_valued = {t: r for t in graph.activations if (r := integer_readers(t, graph.consumers.get(t, [])))}
 
     # quantizers the simulation and the export keep float whatever the precision (sweeper.quant.keep_float):
-    # masks without a real range, strictly positive tensors that a zero would break (a Log's input, a divisor,
+    # tensors holding masking sentinels, strictly positive tensors that a zero would break (a Log's input, a divisor,
     # and the positive chains feeding them), floats used as integers (read by a Cast to an integer type)
     def always_float(self, tensor: str) -> bool:
         if tensor in self.never_zero or tensor in self.integer_valued:
             return True
         st = self.stats.tensors.get(tensor)
-        return st is not None and st.sentinels > 0 and st.degenerate
+        return st is not None and st.sentinels > 0  # a mask value no grid can hold (sweeper.quant.calibration)
 
     def kept_float(self) -> list[dict[str, object]]:
         """The activations kept float because of what reads them, with the reason (results.json)."""

@@ -93,13 +93,21 @@ def test_masking_sentinels_keep_attention_intact(build_sim) -> None:  # noqa: AN
     graph, table, sim = build_sim(attention_model(), data)
     rep = table.stats.sentinel_report()
     assert set(rep) == {"madd", "sm"}
-    assert table.always_float("madd") and not table.always_float("sm")
+    assert table.always_float("madd") and table.always_float("sm")  # the mask, and the scores it masks
     ref = _fp32(attention_model(), data)
+    masked = np.broadcast_to(data["m"] == 0, (len(data["m"]), 6, 6))  # [sample, query, key]
     for prec, floor in [("w8a16", 0.999), ("w8a8", 0.99)]:
         sim.apply(_uniform(graph, prec))
         out = sim.run(data)[0]
         cos = np.sum(out * ref, -1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(ref, axis=-1))
         assert cos.mean() > floor, (prec, cos.mean())
+    from sweeper.sim.quantsim import QuantSim
+
+    probe = QuantSim(graph, table, threads=1, precisions=["w8a8", "w16a16"], extra_outputs=["p"])
+    for prec in ("w8a8", "w16a16"):
+        probe.apply(_uniform(graph, prec))
+        p = probe.run(data)[1]
+        assert np.all(p[masked] == 0.0), prec  # no attention weight reaches a masked position
 
 
 def test_without_sentinel_handling_attention_collapses(build_sim) -> None:  # noqa: ANN001
