@@ -203,13 +203,13 @@ class FastAMP:
             self._stage = "uniform"
         if self._stage == "uniform":
             self._stage = "known_uniform"
-            state.seeds = [p for p, _ in state.evaluated.values()]  # what fast+optuna's Optuna starts from
             if probes := self._uniform_probes(state, ok, answer):
                 return Batch(probes)
         if self._stage == "known_uniform":
             if probes := self._passing_uniform_probes(state, ok):
                 return Batch(probes)
             self._stage = "done"
+            state.seeds = [p for p, _ in state.evaluated.values()]  # what fast+optuna's Optuna starts from
         return None
 
     def observe(self, results: dict[str, Evaluated], profiles: dict[str, Profile]) -> None:
