@@ -1,5 +1,5 @@
-"""Activations a quantizer must not touch, by what reads them: where a zero breaks the reader, and where the
-value is used as an integer.
+"""Activations a quantizer must not touch, by what reads them: where a zero breaks the reader, where the value
+is used as an integer, and where a tensor is divided by its own sum.
 
 Where a zero breaks a model: ops that turn an input of 0 into -inf, inf or NaN.
 
@@ -57,6 +57,27 @@ def integer_readers(tensor: str, consumers: Iterable[onnx.NodeProto]) -> list[st
     return sorted(out)
 
 
+SUMS = frozenset({"ReduceSum", "ReduceL1"})
+
+
+def self_normalized(divisions: Iterable[onnx.NodeProto], producer: Mapping[str, onnx.NodeProto]
+                    ) -> dict[str, list[str]]:
+    """Tensors divided by their own sum (``a / ReduceSum(a)``: a softmax or a normalisation written by hand), and
+    those sums: ``{tensor: [the Div]}``. The quotient is what the model uses; ``a`` may span many decades (an
+    ``Exp`` without the maximum subtracted), which no linear grid holds, so ``a`` and its sum stay float, as
+    they do inside a ``Softmax`` op, and the quotient is quantized."""
+    out: dict[str, list[str]] = {}
+    for n in divisions:
+        if n.op_type != "Div" or len(n.input) < 2:
+            continue
+        total = producer.get(n.input[1])
+        if total is not None and total.op_type in SUMS and total.input and total.input[0] == n.input[0]:
+            reader = [f"Div {n.name}".strip()]
+            out[n.input[0]] = reader
+            out[n.input[1]] = reader
+    return out
+
+
 def never_zero(observed_min: float, count: int, readers: list[str]) -> bool:
     """Whether a tensor must stay float: every calibration value was strictly positive and a reader breaks on 0."""
     return count > 0 and observed_min > 0.0 and bool(readers)
@@ -80,5 +101,5 @@ def positive_chains(readers: Mapping[str, list[str]], positive: Callable[[str], 
     return keep
 
 
-__all__ = ["INTEGER_TYPES", "POSITIVE_CHAIN", "ZERO_SENSITIVE", "integer_readers", "never_zero", "positive_chains",
-           "zero_sensitive_readers"]
+__all__ = ["INTEGER_TYPES", "POSITIVE_CHAIN", "SUMS", "ZERO_SENSITIVE", "integer_readers", "never_zero",
+           "positive_chains", "self_normalized", "zero_sensitive_readers"]

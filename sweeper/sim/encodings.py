@@ -17,7 +17,13 @@ from sweeper.quant.encoding import (
     float16_encoding,
 )
 from sweeper.quant.fp16 import FP16_FLUSH, FP16_MAX, exceeds_fp16, fp16_round_trip
-from sweeper.quant.keep_float import integer_readers, never_zero, positive_chains, zero_sensitive_readers
+from sweeper.quant.keep_float import (
+    integer_readers,
+    never_zero,
+    positive_chains,
+    self_normalized,
+    zero_sensitive_readers,
+)
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
 
@@ -60,12 +66,14 @@ class EncodingTable:
         self.never_zero = positive_chains(self.zero_readers, positive, graph.producer)
         # floats used as integers (a Cast to an integer type truncates what a grid moved off the integer)
         self.integer_valued = {t: r for t in graph.activations if (r := integer_readers(t, graph.consumers.get(t, [])))}
+        # tensors divided by their own sum (a softmax written by hand) and the sums: float, the quotient quantized
+        self.normalized = {t: r for t, r in self_normalized(graph.nodes, graph.producer).items() if t in acts}
 
     # quantizers the simulation and the export keep float whatever the precision (sweeper.quant.keep_float):
     # tensors holding masking sentinels, strictly positive tensors that a zero would break (a Log's input, a divisor,
     # and the positive chains feeding them), floats used as integers (read by a Cast to an integer type)
     def always_float(self, tensor: str) -> bool:
-        if tensor in self.never_zero or tensor in self.integer_valued:
+        if tensor in self.never_zero or tensor in self.integer_valued or tensor in self.normalized:
             return True
         st = self.stats.tensors.get(tensor)
         return st is not None and st.sentinels > 0  # a mask value no grid can hold (sweeper.quant.calibration)
@@ -78,7 +86,10 @@ class EncodingTable:
         ints = [{"tensor": t, "reason": "a float used as an integer (a Cast to an integer type truncates values a "
                                         "grid moved off the integers): kept float", "read_by": r}
                 for t, r in sorted(self.integer_valued.items())]
-        return zero + ints
+        norm = [{"tensor": t, "reason": "divided by its own sum (a softmax written by hand): kept float like a "
+                                        "Softmax op's inside, the quotient quantized", "read_by": r}
+                for t, r in sorted(self.normalized.items())]
+        return zero + ints + norm
 
     def activation(self, tensor: str, bits: int, weight_bits: int = 32) -> Encoding:
         """``tensor``'s encoding at ``bits``, from the statistics collected with the weights at ``weight_bits``

@@ -58,3 +58,49 @@ def test_float_ids_stay_float_and_every_precision_gathers_the_right_rows(tmp_pat
             assert np.array_equal(reference_session(str(path), 1).run(None, {"ids": ids})[0], y)  # sim = export
     finally:
         ws.close()
+
+
+def _hand_softmax_model() -> onnx.ModelProto:
+    """x -> Gemm -> scores (large: no maximum subtracted), masked with -inf where ``keep`` is false -> Exp ->
+    e / ReduceSum(e) -> Gemm: a masked softmax written by hand (e holds exact zeros, so it is not positive)."""
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((6, 4)) * 4.0).astype(np.float32)
+    w2 = (rng.standard_normal((3, 6)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["scores"], transB=1, name="fc1"),
+             helper.make_node("Where", ["keep", "scores", "neg_inf"], ["masked"], name="mask"),
+             helper.make_node("Exp", ["masked"], ["e"], name="exp"),
+             helper.make_node("ReduceSum", ["e", "axes"], ["total"], keepdims=1, name="sum"),
+             helper.make_node("Div", ["e", "total"], ["p"], name="normalize"),
+             helper.make_node("Gemm", ["p", "w2"], ["y"], transB=1, name="fc2")]
+    graph = helper.make_graph(nodes, "softmax_by_hand",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("keep", TensorProto.BOOL, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+                               numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+                               numpy_helper.from_array(np.array(-np.inf, np.float32), "neg_inf")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_softmax_written_by_hand_keeps_its_exponentials_float(tmp_path: Path) -> None:
+    """e spans many decades (exp of scores up to ~40 without the maximum subtracted): on any linear grid the
+    rows whose largest score is far below the calibration's maximum become all zeros (0 / 0)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((256, 4)).astype(np.float32)
+    keep = rng.random((256, 6)) < 0.7
+    keep[:, 0] = True  # every row keeps a position
+    data = {"x": x, "keep": keep}
+    exp = load_experiment(write_experiment(tmp_path, _hand_softmax_model(), data, candidates="[w8a8, w16a16]"))
+    ws = Workspace(exp)
+    try:
+        assert set(ws.table.normalized) == {"e", "total"} and not ws.table.always_float("p")
+        assert ws.stats.tensors["e"].min == 0.0  # the masked zeros: the positive-chain rule does not apply
+        groups = [g.name for g in ws.graph.groups]
+        sim = QuantSim(ws.graph, ws.table, threads=1, precisions=exp.candidates, extra_outputs=["p"])
+        for prec in ("w8a8", "w16a16"):
+            sim.apply(Profile.uniform(groups, prec))
+            p = sim.run(data)[1]  # the quotient, before its own quantizer
+            assert np.isfinite(p).all() and np.allclose(p.sum(-1), 1.0, atol=1e-5), prec  # rows stay distributions
+            assert np.all(p[~keep] == 0.0), prec
+    finally:
+        ws.close()
