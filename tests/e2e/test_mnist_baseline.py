@@ -52,6 +52,7 @@ def test_table_and_results(baseline_run) -> None:  # noqa: ANN001
             "total"} <= set(prep)
     assert prep["total"] == pytest.approx(sum(v for k, v in prep.items() if k != "total"), abs=0.01)
     assert prep["calibration"] > 0 and prep["fp32_reference"] > 0
+    assert doc["fp32_eval_seconds"] > 0 and doc["fp32_eval_runs"] == 3  # the unit: a median of three runs
 
 
 def _sim_logits(precision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
