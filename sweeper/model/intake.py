@@ -151,13 +151,20 @@ def opset_report(model: onnx.ModelProto) -> dict[str, object]:
 
 
 def prepare_model(model: onnx.ModelProto, where: str = "model", convert: bool = True) -> onnx.ModelProto:
-    """Opset conversion (:func:`convert_for_quantization`; ``convert=False`` keeps the model's opset),
-    shape inference, constant folding and BatchNorm folding (ONNX Runtime's basic, EP-independent rewrites,
+    """Opset conversion (:func:`convert_for_quantization`; ``convert=False`` keeps the model's opset), dense
+    ``Einsum`` layers as ``MatMul`` (:mod:`sweeper.model.rewrite`), shape inference, constant folding and BatchNorm folding (ONNX Runtime's basic, EP-independent rewrites,
     which emit only standard ONNX ops); graph input and output names are kept."""
     import onnxruntime as ort
 
     if convert:
         model = convert_for_quantization(model, where)
+    if any(n.op_type == "Einsum" for n in model.graph.node):
+        from sweeper.model.rewrite import einsum_as_matmul
+
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        if einsum_as_matmul(copy):
+            model = copy
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.onnx"
         dst = Path(tmp) / "prepared.onnx"
