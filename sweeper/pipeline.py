@@ -147,10 +147,13 @@ class Workspace:
         weight_outputs = [n.output[0] for n in graph.nodes if n.op_type in WEIGHT_OPS]
         weight_inputs = [n.input[0] for n in graph.nodes if n.op_type in WEIGHT_OPS]
         histograms = exp.calibration.scheme != "minmax"  # min-max encodings read the ranges only
+        from sweeper.quant.keep_float import zero_sensitive_readers
+
+        zero_read = [t for t in graph.activations if zero_sensitive_readers(t, graph.consumers.get(t, []))]
         self.stats = calibration.collect(
             self.prepared, graph.activations, weight_outputs + weight_inputs, self.cal_set, graph.input_names,
             batch_size=exp.batch_size, max_samples=exp.calibration.samples, threads=self.threads,
-            histograms=histograms,
+            histograms=histograms, fp16_flush=zero_read,  # float16 underflow is reported only there
         )
         graph.compute_macs(self.stats.shapes, batched=self.cal_set.layout == "batched")
         if clock:

@@ -44,21 +44,27 @@ class TensorStats:
     sentinel_value: float = 0.0
     fp16_flushed: int = 0  # non-zero values that float16 turns into zero (sweeper.quant.fp16)
     histogram: bool = True  # keep a histogram (the mse and percentile schemes and their plots read it)
+    count_fp16_flush: bool = True  # count fp16_flushed (only read where a zero breaks a reader)
     shape: tuple[int, ...] = field(default_factory=tuple)
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, np.float32).ravel()
-        mask = np.abs(x) >= SENTINEL_ABS
-        n_sent = int(mask.sum())
-        if n_sent:
-            self.sentinels += n_sent
-            self.sentinel_value = float(x[mask][np.argmax(np.abs(x[mask]))])
-            x = x[~mask]
-        x = x[np.isfinite(x)]
         if x.size == 0:
             return
-        self.fp16_flushed += flushed_to_zero(x)
         lo, hi = float(x.min()), float(x.max())
+        if not (-SENTINEL_ABS < lo and hi < SENTINEL_ABS):  # sentinels, inf or NaN (NaN fails both): filter
+            mask = np.abs(x) >= SENTINEL_ABS
+            n_sent = int(mask.sum())
+            if n_sent:
+                self.sentinels += n_sent
+                self.sentinel_value = float(x[mask][np.argmax(np.abs(x[mask]))])
+                x = x[~mask]
+            x = x[np.isfinite(x)]
+            if x.size == 0:
+                return
+            lo, hi = float(x.min()), float(x.max())
+        if self.count_fp16_flush:
+            self.fp16_flushed += flushed_to_zero(x)
         self.count += x.size
         if not self.histogram:
             self.min, self.max = min(self.min, lo), max(self.max, hi)
@@ -138,11 +144,13 @@ def collect(
     max_samples: int | None = None,
     threads: int = 0,
     histograms: bool = True,
+    fp16_flush: Iterable[str] | None = None,
 ) -> CalibrationStats:
     """Run the FP32 model once over ``data`` (a dict of arrays batched along axis 0, a list of feed dicts
     passed as given, or a Dataset) with every tensor of interest exposed as an output. ``max_samples``
     counts samples in the batched layout and feeds in the feeds layout. ``histograms=False`` keeps ranges
-    only (min-max calibration reads nothing else; the histograms were most of a pass's time)."""
+    only (min-max calibration reads nothing else; the histograms were most of a pass's time);
+    ``fp16_flush`` names the tensors whose float16 underflow is counted (None: all)."""
     from sweeper.eval.data import as_dataset
     from sweeper.model.session import ort_session
 
@@ -157,7 +165,8 @@ def collect(
             aug.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
     sess = ort_session(aug, threads)
     out_names = [o.name for o in sess.get_outputs()]
-    stats = {t: TensorStats(histogram=histograms) for t in tensors}
+    flush = None if fp16_flush is None else set(fp16_flush)
+    stats = {t: TensorStats(histogram=histograms, count_fp16_flush=flush is None or t in flush) for t in tensors}
     shapes: dict[str, tuple[int, ...]] = {}
     seen = 0
     for _, feeds in ds.batches(input_names, batch_size):

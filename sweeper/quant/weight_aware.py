@@ -68,6 +68,6 @@ def collect_weight_aware(
     for bits in weight_bits_to_calibrate(weight_bits):
         model = model_with_quantized_weights(graph, weight_encoding, bits)
         stats = collect(model, graph.activations, [], data, graph.input_names, batch_size=batch_size,
-                        max_samples=max_samples, threads=threads, histograms=histograms)
+                        max_samples=max_samples, threads=threads, histograms=histograms, fp16_flush=())
         out[bits] = stats.tensors
     return out

@@ -162,8 +162,9 @@ def test_qat_step_refuses_an_unsupported_model_up_front(tmp_path) -> None:  # no
     from sweeper.search.qat import QATStep
 
     model = cnn_model()
-    model.graph.node[-1].CopyFrom(helper.make_node("Einsum", ["f", "w3"], ["y"], equation="nk,ok->no", name="fc"))
+    relu2 = next(i for i, n in enumerate(model.graph.node) if n.name == "relu2")
+    model.graph.node[relu2].CopyFrom(helper.make_node("Softplus", ["s2"], ["r2"], name="relu2"))  # no torchsim op
     exp = write_experiment(tmp_path, model, cnn_data(16), candidates="[w8a8]")
-    with sweeper.Session(exp, tracking=False, pool="local") as s, pytest.raises(SweeperError, match="Einsum"):
+    with sweeper.Session(exp, tracking=False, pool="local") as s, pytest.raises(SweeperError, match="Softplus"):
         QATStep(s.ws, "w4a8")
     assert not (tmp_path / "out" / "qat").exists()
