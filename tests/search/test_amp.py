@@ -199,3 +199,34 @@ def test_an_estimate_that_misranks_the_measured_front_says_it_is_for_another_tar
            "max_drop": 0.01, "evaluations": 3, "search_seconds": 1.0, "pareto_front": [], "accepted": None,
            "latency_rank_correlation": -1.0, "latency": {"estimate_note": note}}
     assert f"note: {note}" in format_amp(doc, "top1", Path("out"))
+
+
+def test_fast_searches_again_without_the_move_that_broke_the_target() -> None:
+    """The list lowers a, then b (a group the noise estimate misjudged), then c. Entry 2 fails: the search
+    goes on from entry 1 with c, b left where it was, instead of stopping at entry 1."""
+    from types import SimpleNamespace
+
+    from sweeper.search.amp.common import AMPState
+    from sweeper.search.amp.fast import FastAMP
+
+    fp16, w8a8 = Precision.parse("fp16"), Precision.parse("w8a8")
+    base = Profile.uniform(["a", "b", "c"], fp16)
+    plist = [base, base.with_groups({"a": w8a8}), base.with_groups({"a": w8a8, "b": w8a8}),
+             base.with_groups({"a": w8a8, "b": w8a8, "c": w8a8})]
+    f = FastAMP.__new__(FastAMP)
+    f.cost = lambda p: float(sum(4 if p[g] == fp16 else 1 for g in ("a", "b", "c")))
+    f.pareto_list, f.list_costs = plist, [f.cost(p) for p in plist]
+    f.moves = [("a", w8a8, 1.0), ("b", w8a8, 2.0), ("c", w8a8, 3.0)]
+    f._keys = [p.key for p in plist]
+    f.workers, f.cost_tolerance, f.stopped_within_tolerance = 1, 0.02, False
+    f.rebuild_limit, f.rebuilds, f._frozen = 3, [], set()
+    state = AMPState()
+    for i, metric in ((0, 1.0), (1, 0.95), (2, 0.5)):
+        state.add(SimpleNamespace(metric=metric, name=f"fast:{i}"), plist[i])
+    ok = lambda m: m >= 0.9  # noqa: E731
+    assert f._search_probes(state, ok) == {} and f.bounds(state, ok) == (1, 2)
+    assert f._rebuild(state, ok)
+    assert f.pareto_list == [plist[1], plist[1].with_groups({"c": w8a8})] and f.rebuilds[0]["frozen_group"] == "b"
+    assert list(f._search_probes(state, ok).values()) == [plist[1].with_groups({"c": w8a8})]
+    state.add(SimpleNamespace(metric=0.5, name="fast:1"), plist[1].with_groups({"c": w8a8}))  # c breaks it too
+    assert f._rebuild(state, ok) is False  # nothing left to lower: the answer stays entry 1 of the first list

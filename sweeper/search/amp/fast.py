@@ -68,7 +68,8 @@ class FastAMP:
     always known)."""
 
     def __init__(self, ws: Workspace, candidates: list[Precision], cost: Callable[[Profile], float],
-                 workers: int, repair_rounds: int = 0, cost_tolerance: float = 0.02, cost_name: str = "") -> None:
+                 workers: int, repair_rounds: int = 0, cost_tolerance: float = 0.02, cost_name: str = "",
+                 rebuilds: int = 3) -> None:
         self.ws, self.candidates, self.cost, self.cost_name = ws, candidates, cost, cost_name
         self.groups = [g.name for g in ws.graph.groups]
         self.baseline = max(candidates, key=lambda p: (p.bops_factor, p.is_float))
@@ -83,6 +84,9 @@ class FastAMP:
         self.moves: list[tuple[str, Precision, float]] = []  # the move that made entry i + 1
         self.noise_seconds = 0.0
         self.repairs: list[dict[str, Any]] = []
+        self.rebuild_limit = rebuilds
+        self.rebuilds: list[dict[str, Any]] = []  # lists searched again without the move that broke the last one
+        self._frozen: set[str] = set()  # groups whose next move broke the target: they stay where they are
         self.skipped_uniform: list[str] = []  # uniform candidates a failing profile showed to fail
         self._stage = "search"
         self._repair_from = 0  # index into self.moves the next repair round starts at
@@ -134,6 +138,45 @@ class FastAMP:
         k = min(self.workers, len(unknown))
         probes = sorted({unknown[round((j + 1) * (len(unknown) + 1) / (k + 1)) - 1] for j in range(k)})
         return {f"fast:{i}": self.pareto_list[i] for i in probes}
+
+    def _breaking_move_probes(self, state: AMPState, ok: Callable[[float], bool]) -> dict[str, Profile]:
+        """When the search stopped with unknown entries between the cheapest passing entry and the first failing
+        one, those entries (nearest first, one per worker): which move broke the target must be known to
+        search again without it."""
+        lo, hi = self.bounds(state, ok)
+        if len(self.rebuilds) >= self.rebuild_limit or lo < 0 or hi >= len(self.pareto_list) or hi == lo + 1:
+            return {}
+        unknown = [i for i in range(lo + 1, hi) if self._keys[i] not in state.evaluated][: self.workers]
+        return {f"fast:{i}": self.pareto_list[i] for i in unknown}
+
+    def _rebuild(self, state: AMPState, ok: Callable[[float], bool]) -> bool:
+        """Search again from the cheapest passing entry with the rest of the list, without the move that broke
+        the target (entry ``lo + 1``) and any later move of that group: one move the noise estimate misjudged
+        (a sensitive group ranked as harmless) no longer cuts off every cheaper entry behind it."""
+        lo, hi = self.bounds(state, ok)
+        if len(self.rebuilds) >= self.rebuild_limit or lo < 0 or hi != lo + 1 or hi >= len(self.pareto_list):
+            return False
+        bad = self.moves[lo][0]
+        self._frozen.add(bad)
+        base = self.pareto_list[lo]
+        plist, costs, moves = [base], [self.list_costs[lo]], []
+        for g, c, slope in self.moves[lo + 1:]:
+            if g in self._frozen:
+                continue
+            nxt = plist[-1].with_groups({g: c})
+            cost = self.cost(nxt)
+            if cost < costs[-1] - 1e-12 * max(1.0, abs(costs[0])):
+                plist.append(nxt)
+                costs.append(cost)
+                moves.append((g, c, slope))
+        if len(plist) < 2:
+            return False
+        self.rebuilds.append({"from": base.label(), "from_cost": costs[0], "frozen_group": bad,
+                              "list_length": len(plist)})
+        self.pareto_list, self.list_costs, self.moves = plist, costs, moves
+        self._keys = [p.key for p in plist]
+        self.stopped_within_tolerance = False
+        return True
 
     def _repair_probes(self, state: AMPState, answer: Profile) -> dict[str, Profile]:
         """The next moves of the list that make ``answer`` cheaper, one per worker, not yet evaluated."""
@@ -189,8 +232,11 @@ class FastAMP:
         if not self.pareto_list:
             self.build_pareto_list()
         if self._stage == "search":
-            if probes := self._search_probes(state, ok):
-                return Batch(probes)
+            while True:
+                if probes := self._search_probes(state, ok) or self._breaking_move_probes(state, ok):
+                    return Batch(probes)
+                if not self._rebuild(state, ok):
+                    break
             lo, _ = self.bounds(state, ok)
             self._stage, self._repair_from = "repair", max(lo + 1, 0)
         answer = self._answer_now(state, ok)
@@ -222,7 +268,7 @@ class FastAMP:
                 "noise_seconds": self.noise_seconds, "full_evaluations": len(state.evaluated),
                 "list_length": len(self.pareto_list), "cheapest_passing_index": lo, "first_failing_index": hi,
                 "cost_tolerance": self.cost_tolerance, "stopped_within_tolerance": self.stopped_within_tolerance,
-                "repairs": self.repairs, "uniform_skipped_as_failing": self.skipped_uniform,
+                "repairs": self.repairs, "rebuilds": self.rebuilds, "uniform_skipped_as_failing": self.skipped_uniform,
                 "pareto_list": [{"index": i, "cost": self.list_costs[i], "metric": state.evaluated[k][1].metric,
                                  "profile": self.pareto_list[i].label()}
                                 for i, k in enumerate(self._keys) if k in state.evaluated],
