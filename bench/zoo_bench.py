@@ -11,7 +11,8 @@ Per model, in a child process (a crash, a hang past ``--timeout`` or an error in
 
 Every figure is read from the ``results.json`` files the steps write (under ``--work``/<model>), and printed as a
 table per model: completed, or the one-line error (model, step, exception, innermost sweeper frame); Step-1
-metrics and FP32, flagging inversions (a precision scoring more than 0.005 below a strictly lower one) and a
+metrics and FP32, flagging inversions (a precision scoring more than 0.005 below a strictly lower one and
+below FP32) and a
 w16a16 more than 0.005 below FP32; the simulated w8a8 evaluation and the driver's preparation in FP32
 evaluations; AMP fast (full evaluations, search seconds and FP32 evaluations' worth, accepted BOPs ratio) against
 greedy (fast cost / greedy cost); each worker's peak RSS per step. At the end: the completion rate, how many
@@ -261,14 +262,17 @@ def figures(child: dict[str, Any]) -> dict[str, Any]:
 
 
 def flags(fig: dict[str, Any]) -> list[str]:
-    """Inversions (a precision more than TOL below a strictly lower one) and a w16a16 more than TOL below FP32."""
+    """Inversions (a precision more than TOL below a strictly lower one, and more than TOL below FP32: a lower
+    precision that scores above FP32 by chance is no defect of the higher one) and a w16a16 more than TOL
+    below FP32."""
     s1 = fig.get("step1")
     if not s1:
         return []
     sign, below = (1.0, "below") if fig["higher_is_better"] else (-1.0, "worse than (lower is better)")
     out = []
     for hi, lo in INVERSIONS:
-        if s1.get(hi) is not None and s1.get(lo) is not None and sign * (s1[lo] - s1[hi]) > TOL:
+        if (s1.get(hi) is not None and s1.get(lo) is not None and sign * (s1[lo] - s1[hi]) > TOL
+                and sign * (s1["fp32"] - s1[hi]) > TOL):
             out.append(f"inversion: {hi} {s1[hi]:.4f} {below} {lo} {s1[lo]:.4f}")
     if s1.get("w16a16") is not None and sign * (s1["fp32"] - s1["w16a16"]) > TOL:
         out.append(f"w16a16 {s1['w16a16']:.4f} is {sign * (s1['fp32'] - s1['w16a16']):.4f} {below} FP32 {s1['fp32']:.4f}")
