@@ -12,8 +12,7 @@ Per model, in a child process (a crash, a hang past ``--timeout`` or an error in
 Every figure is read from the ``results.json`` files the steps write (under ``--work``/<model>), and printed as a
 table per model: completed, or the one-line error (model, step, exception, innermost sweeper frame); Step-1
 metrics and FP32, flagging inversions (a precision scoring more than 0.005 below a strictly lower one and
-below FP32) and a
-w16a16 more than 0.005 below FP32; the simulated w8a8 evaluation and the driver's preparation in FP32
+below FP32) and a w16a16 more than 0.005 below FP32; the simulated w8a8 evaluation and the driver's preparation in FP32
 evaluations; AMP fast (full evaluations, search seconds and FP32 evaluations' worth, accepted BOPs ratio) against
 greedy (fast cost / greedy cost); each worker's peak RSS per step. At the end: the completion rate, how many
 models meet each target, and the list of flags. ``--out`` gets all figures as JSON (rewritten after each model).
