@@ -147,9 +147,9 @@ class Workspace:
         weight_outputs = [n.output[0] for n in graph.nodes if n.op_type in WEIGHT_OPS]
         weight_inputs = [n.input[0] for n in graph.nodes if n.op_type in WEIGHT_OPS]
         histograms = exp.calibration.scheme != "minmax"  # min-max encodings read the ranges only
-        from sweeper.quant.keep_float import zero_sensitive_readers
+        from sweeper.quant.keep_float import zero_read_activations
 
-        zero_read = [t for t in graph.activations if zero_sensitive_readers(t, graph.consumers.get(t, []))]
+        zero_read = zero_read_activations(graph.activations, graph.consumers)
         self.stats = calibration.collect(
             self.prepared, graph.activations, weight_outputs + weight_inputs, self.cal_set, graph.input_names,
             batch_size=exp.batch_size, max_samples=exp.calibration.samples, threads=self.threads,

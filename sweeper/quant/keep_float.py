@@ -41,6 +41,13 @@ def zero_sensitive_readers(tensor: str, consumers: Iterable[onnx.NodeProto]) -> 
                    for k, i in enumerate(n.input) if i == tensor and (n.op_type, k) in ZERO_SENSITIVE})
 
 
+def zero_read_activations(activations: Iterable[str], consumers: Mapping[str, list[onnx.NodeProto]]
+                          ) -> dict[str, list[str]]:
+    """Every activation read where a zero breaks its reader, with those readers (the tensors whose float16
+    underflow is counted and reported, and where the never-zero chains start)."""
+    return {t: r for t in activations if (r := zero_sensitive_readers(t, consumers.get(t, [])))}
+
+
 INTEGER_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
                            onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
                            onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL})
@@ -102,4 +109,4 @@ def positive_chains(readers: Mapping[str, list[str]], positive: Callable[[str], 
 
 
 __all__ = ["INTEGER_TYPES", "POSITIVE_CHAIN", "SUMS", "ZERO_SENSITIVE", "integer_readers", "never_zero",
-           "positive_chains", "self_normalized", "zero_sensitive_readers"]
+           "positive_chains", "self_normalized", "zero_read_activations", "zero_sensitive_readers"]

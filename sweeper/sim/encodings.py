@@ -22,7 +22,7 @@ from sweeper.quant.keep_float import (
     never_zero,
     positive_chains,
     self_normalized,
-    zero_sensitive_readers,
+    zero_read_activations,
 )
 from sweeper.quant.precision import Precision
 from sweeper.quant.profile import Profile
@@ -53,8 +53,7 @@ class EncodingTable:
         self._bias: dict[tuple[str, bytes], BiasEncoding] = {}
         self.rounding: dict[tuple[str, int], np.ndarray] = {}  # learned integers (AdaRound) per (weight, bits)
         self.group_of = graph.group_of()
-        self.zero_readers = {t: r for t in graph.activations
-                             if (r := zero_sensitive_readers(t, graph.consumers.get(t, [])))}
+        self.zero_readers = zero_read_activations(graph.activations, graph.consumers)
         # strictly positive tensors read where a zero breaks the reader, and the positive chains feeding them
         # (sweeper.quant.keep_float): never quantized
         acts = set(graph.activations)
