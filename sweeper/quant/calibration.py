@@ -79,6 +79,15 @@ class TensorStats:
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.hist += uniform_histogram(x, self.edges)
 
+    def update_range(self, lo: float, hi: float, size: int) -> None:
+        """What :meth:`update` does to a range-only statistic (no histogram, no float16 count) given the
+        tensor's minimum ``lo``, maximum ``hi`` (finite, no sentinel) and ``size``, computed elsewhere."""
+        assert not self.histogram and not self.count_fp16_flush
+        if size == 0:
+            return
+        self.count += size
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+
     def _widen(self, lo: float, hi: float) -> None:
         """Re-bin the histogram over a wider range (old bins spread by their centres)."""
         assert self.hist is not None and self.edges is not None
@@ -147,27 +156,45 @@ def collect(
     fp16_flush: Iterable[str] | None = None,
 ) -> CalibrationStats:
     """Run the FP32 model once over ``data`` (a dict of arrays batched along axis 0, a list of feed dicts
-    passed as given, or a Dataset) with every tensor of interest exposed as an output. ``max_samples``
-    counts samples in the batched layout and feeds in the feeds layout. ``histograms=False`` keeps ranges
-    only (min-max calibration reads nothing else; the histograms were most of a pass's time);
-    ``fp16_flush`` names the tensors whose float16 underflow is counted (None: all)."""
+    passed as given, or a Dataset) and gather the statistics of ``tensors`` and the shapes of ``extra_shapes``.
+    ``max_samples`` counts samples in the batched layout and feeds in the feeds layout. ``histograms=False``
+    keeps ranges only (min-max calibration reads nothing else); ``fp16_flush`` names the tensors whose float16
+    underflow is counted (None: all).
+
+    With histograms, every tensor comes out of the session whole. Ranges only are reduced inside the session
+    (:func:`_with_range_outputs`): a tensor handed to Python costs a fresh buffer and a copy each run (on a
+    224x224 classifier such a pass cost 8x the model's own run), its min and max are two scalars. The tensors
+    whose float16 underflow is counted still come out whole, and so does, in a second pass, every tensor whose
+    range turned out to hold masking sentinels, inf or NaN (they need the filtering of :meth:`TensorStats.update`);
+    a model the reduced pass cannot run is calibrated the whole way."""
     from sweeper.eval.data import as_dataset
-    from sweeper.model.session import ort_session
 
     ds = as_dataset(data, "calibration data")
     assert ds is not None
-    aug = onnx.ModelProto()
-    aug.CopyFrom(model)
-    existing = {o.name for o in aug.graph.output}
-    wanted = list(dict.fromkeys(list(tensors) + list(extra_shapes)))
-    for t in wanted:
-        if t not in existing and t not in input_names:
-            aug.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-    sess = ort_session(aug, threads)
-    out_names = [o.name for o in sess.get_outputs()]
     flush = None if fp16_flush is None else set(fp16_flush)
-    stats = {t: TensorStats(histogram=histograms, count_fp16_flush=flush is None or t in flush) for t in tensors}
-    shapes: dict[str, tuple[int, ...]] = {}
+    wanted = list(dict.fromkeys(list(tensors) + list(extra_shapes)))
+    if histograms or flush is None:
+        return _collect_whole(model, tensors, wanted, ds, input_names, batch_size, max_samples, threads,
+                              histograms, flush)
+    inputs = set(input_names)
+    whole = [t for t in wanted if t in flush or t in inputs]
+    reduced = [t for t in wanted if t not in flush and t not in inputs]
+    try:
+        stats, shapes, seen, special = _collect_reduced(model, tensors, reduced, whole, ds, input_names,
+                                                        batch_size, max_samples, threads, flush)
+    except Exception:  # noqa: BLE001  (an op ONNX Runtime cannot reduce, an empty tensor...): the whole way
+        return _collect_whole(model, tensors, wanted, ds, input_names, batch_size, max_samples, threads,
+                              False, flush)
+    if special:
+        again = _collect_whole(model, special, special, ds, input_names, batch_size, max_samples, threads,
+                               False, flush)
+        stats.update(again.tensors)
+    return CalibrationStats(tensors=stats, shapes=shapes, samples=seen)
+
+
+def _feeds(ds: Any, input_names: list[str], batch_size: int,
+           max_samples: int | None) -> Iterable[tuple[int, dict[str, np.ndarray]]]:
+    """The model feeds of a calibration pass and the samples seen after each (``max_samples`` cuts them)."""
     seen = 0
     for _, feeds in ds.batches(input_names, batch_size):
         if max_samples is not None and seen >= max_samples:
@@ -178,6 +205,32 @@ def collect(
             seen += len(next((v for v in feeds.values() if np.ndim(v)), [0]))
         else:
             seen += 1
+        yield seen, feeds
+
+
+def _augmented(model: onnx.ModelProto, outputs: list[str], input_names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` with ``outputs`` exposed as graph outputs (graph inputs are fed, not output)."""
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    existing = {o.name for o in aug.graph.output}
+    for t in outputs:
+        if t not in existing and t not in input_names:
+            aug.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+    return aug
+
+
+def _collect_whole(model: onnx.ModelProto, tensors: list[str], wanted: list[str], ds: Any,
+                   input_names: list[str], batch_size: int, max_samples: int | None, threads: int,
+                   histograms: bool, flush: set[str] | None) -> CalibrationStats:
+    """Every tensor of ``wanted`` out of the session whole, ``tensors``' statistics updated from the arrays."""
+    from sweeper.model.session import ort_session
+
+    sess = ort_session(_augmented(model, wanted, input_names), threads)
+    out_names = [o.name for o in sess.get_outputs()]
+    stats = {t: TensorStats(histogram=histograms, count_fp16_flush=flush is None or t in flush) for t in tensors}
+    shapes: dict[str, tuple[int, ...]] = {}
+    seen = 0
+    for seen, feeds in _feeds(ds, input_names, batch_size, max_samples):
         values = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
         values.update(feeds)
         for t in wanted:
@@ -189,3 +242,60 @@ def collect(
                 stats[t].shape = tuple(v.shape)
             shapes[t] = tuple(v.shape)
     return CalibrationStats(tensors=stats, shapes=shapes, samples=seen)
+
+
+def _with_range_outputs(model: onnx.ModelProto, reduced: list[str], whole: list[str],
+                        input_names: list[str]) -> tuple[onnx.ModelProto, dict[str, tuple[str, str, str, str]]]:
+    """A copy of ``model`` whose outputs are, for each tensor of ``reduced``, its minimum, maximum, sum (over
+    all axes: reductions without axes, at every opset) and shape, and ``whole`` as they are. The sum is there
+    for NaN: ONNX Runtime's ``ReduceMin``/``ReduceMax`` skip a NaN unless it comes first, a sum never does.
+    Returns the model and ``{tensor: (min, max, sum, shape output names)}``."""
+    aug = _augmented(model, whole, input_names)
+    names: dict[str, tuple[str, str, str, str]] = {}
+    for i, t in enumerate(reduced):
+        outs = (f"sweeper_cal_{i}_min", f"sweeper_cal_{i}_max", f"sweeper_cal_{i}_sum", f"sweeper_cal_{i}_shape")
+        for op, out in zip(("ReduceMin", "ReduceMax", "ReduceSum", "Shape"), outs, strict=True):
+            kw = {"keepdims": 0} if op != "Shape" else {}
+            aug.graph.node.append(onnx.helper.make_node(op, [t], [out], name=out, **kw))
+            aug.graph.output.append(onnx.helper.make_empty_tensor_value_info(out))
+        names[t] = outs
+    return aug, names
+
+
+def _collect_reduced(model: onnx.ModelProto, tensors: list[str], reduced: list[str], whole: list[str], ds: Any,
+                     input_names: list[str], batch_size: int, max_samples: int | None, threads: int,
+                     flush: set[str]) -> tuple[dict[str, TensorStats], dict[str, tuple[int, ...]], int, list[str]]:
+    """The range-only pass of :func:`collect`: statistics, shapes, samples seen, and the tensors of
+    ``tensors`` whose range met a sentinel, inf or NaN (their statistics must come from whole values)."""
+    from sweeper.model.session import ort_session
+
+    aug, names = _with_range_outputs(model, reduced, whole, input_names)
+    sess = ort_session(aug, threads)
+    out_names = [o.name for o in sess.get_outputs()]
+    stats = {t: TensorStats(histogram=False, count_fp16_flush=t in flush) for t in tensors}
+    shapes: dict[str, tuple[int, ...]] = {}
+    special: set[str] = set()
+    seen = 0
+    for seen, feeds in _feeds(ds, input_names, batch_size, max_samples):
+        values = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
+        values.update(feeds)
+        for t in whole:
+            v = values.get(t)
+            if v is not None:
+                if t in stats:
+                    stats[t].update(v)
+                    stats[t].shape = tuple(v.shape)
+                shapes[t] = tuple(v.shape)
+        for t, (lo_name, hi_name, sum_name, shape_name) in names.items():
+            shape = tuple(int(d) for d in values[shape_name])
+            shapes[t] = shape
+            st = stats.get(t)
+            if st is None:
+                continue
+            st.shape = shape
+            lo, hi = float(values[lo_name]), float(values[hi_name])
+            if not (-SENTINEL_ABS < lo and hi < SENTINEL_ABS and np.isfinite(values[sum_name])):
+                special.add(t)
+                continue
+            st.update_range(lo, hi, int(np.prod(shape, dtype=np.int64)))
+    return stats, shapes, seen, [t for t in tensors if t in special]

@@ -32,3 +32,47 @@ def test_min_max_passes_keep_ranges_only_and_the_same_encodings() -> None:
         for bits in (4, 8, 16):
             ea, eb = compute_encoding(a, bits), compute_encoding(b, bits)
             assert np.array_equal(ea.scale, eb.scale) and np.array_equal(ea.offset, eb.offset)
+
+
+def _masked_graph() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x -> s = x * 2 -> masked = s + mask (a -3.4e38 sentinel at x < -1), lg = Log(x) (NaN below 0, -inf at 0),
+    sq = Sqrt(x) (NaN below 0, no inf), big = Exp(x * 100) (inf for large x), y = Relu(s)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f32 = np.float32
+    inits = [numpy_helper.from_array(np.array(2.0, f32), "two"), numpy_helper.from_array(np.array(-1.0, f32), "m1"),
+             numpy_helper.from_array(np.array(np.finfo(f32).min, f32), "neg"),
+             numpy_helper.from_array(np.array(0.0, f32), "zero"), numpy_helper.from_array(np.array(100.0, f32), "hundred")]
+    nodes = [helper.make_node("Mul", ["x", "two"], ["s"]),
+             helper.make_node("Less", ["x", "m1"], ["low"]),
+             helper.make_node("Where", ["low", "neg", "zero"], ["mask"]),
+             helper.make_node("Add", ["s", "mask"], ["masked"]),
+             helper.make_node("Log", ["x"], ["lg"]),
+             helper.make_node("Sqrt", ["x"], ["sq"]),
+             helper.make_node("Mul", ["x", "hundred"], ["x100"]),
+             helper.make_node("Exp", ["x100"], ["big"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "masked", "lg", "sq", "big")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])], outs,
+                              inits)
+    x = np.random.default_rng(1).standard_normal((40, 8)).astype(f32)
+    x[3, 2], x[0, 0], x[16, 0], x[32, 0] = 0.0, 1.0, 1.0, 1.0  # each batch's first value real: NaN comes later
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {"x": x}
+
+
+def test_ranges_reduced_in_the_session_equal_ranges_of_whole_tensors() -> None:
+    """The range-only pass reduces tensors inside ONNX Runtime; a range meeting a sentinel, -inf, inf or NaN
+    (which ReduceMin/ReduceMax may skip) is taken again from the whole tensor: every statistic is the one the
+    whole-tensor pass gives, sentinel counts and fp16 underflow counts included, and so are the shapes."""
+    model, data = _masked_graph()
+    tensors = ["x", "s", "masked", "lg", "sq", "big", "y"]
+    whole = collect(model, tensors, ["x100"], data, ["x"], batch_size=16, histograms=False, fp16_flush=None)
+    for flush in ((), ("s",)):
+        reduced = collect(model, tensors, ["x100"], data, ["x"], batch_size=16, histograms=False, fp16_flush=flush)
+        assert reduced.shapes == whole.shapes and reduced.samples == whole.samples == 40
+        for t in tensors:
+            a, b = whole.tensors[t], reduced.tensors[t]
+            assert (a.min, a.max, a.count, a.sentinels, a.shape) == (b.min, b.max, b.count, b.sentinels, b.shape), t
+            assert b.fp16_flushed == (a.fp16_flushed if t in flush else 0)
+    assert whole.tensors["masked"].sentinels > 0 and whole.tensors["sq"].count < 40 * 8  # the premise
+    assert not np.isfinite(np.exp(data["x"] * 100)).all()

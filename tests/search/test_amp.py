@@ -230,3 +230,58 @@ def test_fast_searches_again_without_the_move_that_broke_the_target() -> None:
     assert list(f._search_probes(state, ok).values()) == [plist[1].with_groups({"c": w8a8})]
     state.add(SimpleNamespace(metric=0.5, name="fast:1"), plist[1].with_groups({"c": w8a8}))  # c breaks it too
     assert f._rebuild(state, ok) is False  # nothing left to lower: the answer stays entry 1 of the first list
+
+
+def _fp16_saturating_mlp() -> tuple[object, dict[str, np.ndarray]]:
+    """x -> fc1 -> Relu -> fc2 -> Relu -> fc3, fc1's channel 0 held at 1e5 (a bias): float16 overflows there (so
+    uniform fp16 fails), an 8-bit grid spanning 1e5 rounds fc1's other channels (about 100) to zero (w8a8 fails),
+    a 16-bit grid keeps them; fc2 and fc3 are harmless at 8 bits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w1 = (rng.standard_normal((16, 16)) * 60).astype(np.float32)
+    w1[:, 0] = 0.0
+    b1 = np.zeros(16, np.float32)
+    b1[0] = 2e5
+    w2 = (rng.standard_normal((16, 16)) * 0.01).astype(np.float32)
+    w2[0, :] = rng.standard_normal(16).astype(np.float32) * 5e-5
+    w3 = (rng.standard_normal((16, 4)) * 0.3).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (w3, "w3"))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"], name="fc1"),
+             helper.make_node("Add", ["h1", "b1"], ["h1b"], name="fc1_bias"),
+             helper.make_node("Relu", ["h1b"], ["r1"], name="relu1"),
+             helper.make_node("MatMul", ["r1", "w2"], ["h2"], name="fc2"),
+             helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+             helper.make_node("MatMul", ["r2", "w3"], ["y"], name="fc3")]
+    graph = helper.make_graph(nodes, "sat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model, {"x": np.random.default_rng(6).standard_normal((64, 16)).astype(np.float32)}
+
+
+def test_fast_amp_rebuilds_its_list_from_a_passing_uniform_when_float16_saturates(tmp_path: Path) -> None:
+    """The costliest candidate (fp16, the list's baseline) fails by saturating, w8a16 passes: a failing fp16
+    profile says nothing about integer grids (w8a16 is evaluated, not skipped as failing), and the list is
+    searched again from w8a16, so fast finds the mix greedy finds, not uniform w8a16 (Magika, from the zoo)."""
+    from sweeper.search.amp.fast import at_least
+
+    fp16, w8a16, w8a8 = (Precision.parse(n) for n in ("fp16", "w8a16", "w8a8"))
+    assert not at_least(fp16, w8a16) and not at_least(w8a16, fp16) and at_least(w8a16, w8a8)
+    assert at_least(Precision.parse("fp32"), w8a8) and not at_least(w8a8, w8a16)
+    model, data = _fp16_saturating_mlp()
+    ws = Workspace(load_experiment(write_experiment(tmp_path, model, data, max_drop=0.02,
+                                                    candidates="[w8a8, w8a16, fp16]")))
+    pool = ws.pool()
+    try:
+        fast = run_amp(ws, pool, None, candidates=list(ws.exp.candidates), algorithm="fast", measure=False).doc
+        greedy = run_amp(ws, pool, None, candidates=list(ws.exp.candidates), algorithm="greedy", measure=False).doc
+    finally:
+        pool.close()
+        ws.close()
+    by_profile = {e["profile"]: e["metric"] for e in fast["all"]}
+    assert by_profile["fp16"] < 0.98 <= by_profile["w8a16"] and by_profile["w8a8"] < 0.98  # the premise
+    assert fast["cheapest_passing_uniform"] == "uniform:w8a16" and "w8a16" not in fast["fast"]["uniform_skipped_as_failing"]
+    assert fast["fast"]["rebased"]["to"] == "w8a16"
+    w8a16_cost = next(e["cost"] for e in fast["all"] if e["profile"] == "w8a16")
+    assert fast["accepted"]["mixed"] and fast["accepted"]["cost"] < w8a16_cost
+    assert fast["accepted"]["cost"] <= 1.1 * greedy["accepted"]["cost"]

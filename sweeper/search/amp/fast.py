@@ -31,8 +31,15 @@ def pair_savings(ws: Workspace, cost_name: str, cost: Callable[[Profile], float]
 
 
 def at_least(p: Precision, q: Precision) -> bool:
-    """Whether ``p`` is at least as precise as ``q`` on both sides (float16 counts as 16 bits, FP32 as 32)."""
-    return p.weight_bits >= q.weight_bits and p.act_bits >= q.act_bits and (p.is_float or not q.is_float)
+    """Whether ``p`` is at least as precise as ``q`` on both sides, so that a profile failing at ``p`` fails at
+    ``q`` too. FP32 is at least anything. Float16 and an integer grid are not comparable either way: float16
+    saturates at 65504 where a grid scales to the tensor's range (Magika's activations reach 5e5: fp16 fails
+    where w8a16 keeps the FP32 metric), and a grid loses the small values float16's exponent keeps."""
+    if p.is_fp32:
+        return True
+    if p.is_float != q.is_float:
+        return False
+    return p.weight_bits >= q.weight_bits and p.act_bits >= q.act_bits
 
 
 def noise_ordered_moves(groups: list[str], candidates: list[Precision], baseline: Precision,
@@ -91,14 +98,18 @@ class FastAMP:
         self._stage = "search"
         self._repair_from = 0  # index into self.moves the next repair round starts at
         self._answer: Profile | None = None
+        self._noise: dict[tuple[str, str], float] | None = None
+        self.rebased: dict[str, Any] | None = None  # the list built again from a passing uniform candidate
 
     def build_pareto_list(self) -> list[Profile]:
-        """The noise estimate (one FP32 run) and the Pareto list it orders."""
+        """The noise estimate (one FP32 run, once) and the Pareto list it orders from ``self.baseline``."""
         from sweeper.search.analyzer import quantization_noise
 
-        t0 = time.perf_counter()
-        noise = quantization_noise(self.ws, self.candidates)
-        self.noise_seconds = time.perf_counter() - t0
+        if self._noise is None:
+            t0 = time.perf_counter()
+            self._noise = quantization_noise(self.ws, self.candidates)
+            self.noise_seconds = time.perf_counter() - t0
+        noise = self._noise
         saved = pair_savings(self.ws, self.cost_name, self.cost, self.base_profile, self.candidates)
         ordered = noise_ordered_moves(self.groups, self.candidates, self.baseline, noise, saved)
         at = {g: self.baseline for g in self.groups}
@@ -178,6 +189,30 @@ class FastAMP:
         self.stopped_within_tolerance = False
         return True
 
+    def _rebase(self, state: AMPState, ok: Callable[[float], bool]) -> bool:
+        """When no entry of the list passes, its baseline included, but a cheaper uniform candidate does (a
+        float16 baseline that saturates where an integer grid does not): build the list again from the cheapest
+        passing uniform candidate and search it, once. Without this the answer would be that uniform profile
+        even where lowering some of its groups keeps the target."""
+        if self.rebased is not None or self.bounds(state, ok)[0] >= 0:
+            return False
+        passing = [p for p, ev in state.evaluated.values() if p.uniform_precision is not None and ok(ev.metric)]
+        if not passing:
+            return False
+        best = min(passing, key=self.cost)
+        prec = best.uniform_precision
+        assert prec is not None
+        if prec == self.baseline or not any(self.cost(Profile.uniform(self.groups, c)) < self.cost(best)
+                                            for c in self.candidates):
+            return False
+        self.rebased = {"from": self.baseline.name, "to": prec.name,
+                        "why": f"no entry of the list from {self.baseline.name} passed, uniform {prec.name} did"}
+        self.baseline, self.base_profile = prec, best
+        self._frozen, self._repair_from = set(), 0
+        self.stopped_within_tolerance = False
+        self.build_pareto_list()
+        return True
+
     def _repair_probes(self, state: AMPState, answer: Profile) -> dict[str, Profile]:
         """The next moves of the list that make ``answer`` cheaper, one per worker, not yet evaluated."""
         out: dict[str, Profile] = {}
@@ -254,6 +289,9 @@ class FastAMP:
         if self._stage == "known_uniform":
             if probes := self._passing_uniform_probes(state, ok):
                 return Batch(probes)
+            if self._rebase(state, ok):
+                self._stage = "search"
+                return self.propose(state, ok)
             self._stage = "done"
             state.seeds = [p for p, _ in state.evaluated.values()]  # what fast+optuna's Optuna starts from
         return None
@@ -264,7 +302,7 @@ class FastAMP:
     def report(self, state: AMPState, ok: Callable[[float], bool]) -> dict[str, Any]:
         lo, hi = self.bounds(state, ok)
         acc = self._answer_now(state, ok)
-        return {"baseline": self.baseline.name, "ranking": "quantization noise per cost saved",
+        return {"baseline": self.baseline.name, "rebased": self.rebased, "ranking": "quantization noise per cost saved",
                 "noise_seconds": self.noise_seconds, "full_evaluations": len(state.evaluated),
                 "list_length": len(self.pareto_list), "cheapest_passing_index": lo, "first_failing_index": hi,
                 "cost_tolerance": self.cost_tolerance, "stopped_within_tolerance": self.stopped_within_tolerance,
