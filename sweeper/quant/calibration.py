@@ -233,15 +233,21 @@ def _collect_whole(model: onnx.ModelProto, tensors: list[str], wanted: list[str]
     for seen, feeds in _feeds(ds, input_names, batch_size, max_samples):
         values = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
         values.update(feeds)
-        for t in wanted:
-            v = values.get(t)
-            if v is None:
-                continue
-            if t in stats:
-                stats[t].update(v)
-                stats[t].shape = tuple(v.shape)
-            shapes[t] = tuple(v.shape)
+        _take_whole(values, wanted, stats, shapes)
     return CalibrationStats(tensors=stats, shapes=shapes, samples=seen)
+
+
+def _take_whole(values: dict[str, np.ndarray], wanted: list[str], stats: dict[str, TensorStats],
+                shapes: dict[str, tuple[int, ...]]) -> None:
+    """One run's whole tensors of ``wanted`` (those in ``values``) into their statistics and shapes."""
+    for t in wanted:
+        v = values.get(t)
+        if v is None:
+            continue
+        if t in stats:
+            stats[t].update(v)
+            stats[t].shape = tuple(v.shape)
+        shapes[t] = tuple(v.shape)
 
 
 def _with_range_outputs(model: onnx.ModelProto, reduced: list[str], whole: list[str],
@@ -279,13 +285,7 @@ def _collect_reduced(model: onnx.ModelProto, tensors: list[str], reduced: list[s
     for seen, feeds in _feeds(ds, input_names, batch_size, max_samples):
         values = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
         values.update(feeds)
-        for t in whole:
-            v = values.get(t)
-            if v is not None:
-                if t in stats:
-                    stats[t].update(v)
-                    stats[t].shape = tuple(v.shape)
-                shapes[t] = tuple(v.shape)
+        _take_whole(values, whole, stats, shapes)
         for t, (lo_name, hi_name, sum_name, shape_name) in names.items():
             shape = tuple(int(d) for d in values[shape_name])
             shapes[t] = shape
