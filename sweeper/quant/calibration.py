@@ -258,13 +258,23 @@ def _with_range_outputs(model: onnx.ModelProto, reduced: list[str], whole: list[
     Returns the model and ``{tensor: (min, max, sum, shape output names)}``."""
     aug = _augmented(model, whole, input_names)
     names: dict[str, tuple[str, str, str, str]] = {}
+    readers: dict[str, list[onnx.NodeProto]] = {}
     for i, t in enumerate(reduced):
         outs = (f"sweeper_cal_{i}_min", f"sweeper_cal_{i}_max", f"sweeper_cal_{i}_sum", f"sweeper_cal_{i}_shape")
         for op, out in zip(("ReduceMin", "ReduceMax", "ReduceSum", "Shape"), outs, strict=True):
             kw = {"keepdims": 0} if op != "Shape" else {}
-            aug.graph.node.append(onnx.helper.make_node(op, [t], [out], name=out, **kw))
+            readers.setdefault(t, []).append(onnx.helper.make_node(op, [t], [out], name=out, **kw))
             aug.graph.output.append(onnx.helper.make_empty_tensor_value_info(out))
         names[t] = outs
+    # each tensor's readers right after its producer (graph inputs' first): with the priority-based order
+    # (see calibration sessions in collect) a tensor is freed as soon as its own consumers are done
+    nodes = [n for t in input_names for n in readers.pop(t, [])]
+    for node in aug.graph.node:
+        nodes.append(node)
+        nodes.extend(n for o in node.output for n in readers.pop(o, []))
+    nodes.extend(n for rest in readers.values() for n in rest)
+    del aug.graph.node[:]
+    aug.graph.node.extend(nodes)
     return aug, names
 
 
@@ -276,7 +286,7 @@ def _collect_reduced(model: onnx.ModelProto, tensors: list[str], reduced: list[s
     from sweeper.model.session import ort_session
 
     aug, names = _with_range_outputs(model, reduced, whole, input_names)
-    sess = ort_session(aug, threads)
+    sess = ort_session(aug, threads, priority_order=True)
     out_names = [o.name for o in sess.get_outputs()]
     stats = {t: TensorStats(histogram=False, count_fp16_flush=t in flush) for t in tensors}
     shapes: dict[str, tuple[int, ...]] = {}
