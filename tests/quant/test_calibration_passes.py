@@ -76,3 +76,17 @@ def test_ranges_reduced_in_the_session_equal_ranges_of_whole_tensors() -> None:
             assert b.fp16_flushed == (a.fp16_flushed if t in flush else 0)
     assert whole.tensors["masked"].sentinels > 0 and whole.tensors["sq"].count < 40 * 8  # the premise
     assert not np.isfinite(np.exp(data["x"] * 100)).all()
+
+
+def test_range_readers_follow_their_producers() -> None:
+    """Each tensor's ReduceMin/ReduceMax/ReduceSum/Shape come right after the node that makes it (a graph input's
+    first): run in priority order, a tensor is freed once read instead of living to the end of the run."""
+    from sweeper.quant.calibration import _with_range_outputs
+
+    model, _ = _masked_graph()
+    aug, names = _with_range_outputs(model, ["x", "s", "lg"], ["y"], ["x"])
+    order = [n.output[0] for n in aug.graph.node]
+    for t in ("x", "s", "lg"):
+        start = 0 if t == "x" else order.index(t) + 1
+        assert set(order[start:start + 4]) == set(names[t]), t
+    assert len(aug.graph.node) == len(model.graph.node) + 12
