@@ -12,3 +12,9 @@ class SweeperError(Exception):
         super().__init__(f"{where}: {message}")
         self.where = where
         self.message = message
+
+    def __reduce__(self) -> tuple[type[SweeperError], tuple[str, str]]:
+        """Pickled with both arguments: an error raised in a Ray worker reaches the driver as itself (by default
+        Exception pickles ``args``, one string, and Ray could not rebuild it: the driver got an
+        UnserializableException instead of the one line)."""
+        return (type(self), (self.where, self.message))

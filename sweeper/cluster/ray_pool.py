@@ -303,6 +303,16 @@ class RayPool:
                   file=sys.stderr, flush=True)
 
 
+def _raise_user_error(exc: BaseException) -> None:
+    """A worker's :class:`~sweeper.errors.SweeperError` (a user metric that failed on a profile, bad data)
+    raised on the driver as itself: its one line, not Ray's task error around the worker's traceback."""
+    from sweeper.errors import SweeperError
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SweeperError):
+        raise SweeperError(cause.where, cause.message) from None
+
+
 def _lost_worker_errors() -> tuple[type[BaseException], ...]:
     """What a call raises when its worker is gone: the actor died (process killed, node lost), its node died,
     or the result was lost with the node's object store before the driver fetched it."""
@@ -387,6 +397,9 @@ class _Dispatch:
                 self._lost(actor)
                 self.pool._rerun(actor, self.method)
                 continue
+            except Exception as exc:  # noqa: BLE001
+                _raise_user_error(exc)
+                raise
             self.slots.append(actor)
             self.no_worker_since = None
             out.append((tag, result))

@@ -131,8 +131,13 @@ class BoundRunner:
                 for name, (_, value) in self._bound.items():
                     self._io.bind_ortvalue_input(name, value)
                 self._data = set(feeds)
+            held = []  # the arrays bound for this run, alive until it ends
             for name, value in feeds.items():
-                self._io.bind_cpu_input(name, np.ascontiguousarray(value))
+                arr = np.asarray(value)  # not np.ascontiguousarray: it makes a scalar (shape ()) shape (1,)
+                if not arr.flags.c_contiguous:
+                    arr = np.ascontiguousarray(arr)
+                held.append(arr)
+                self._io.bind_cpu_input(name, arr)
             self._io.clear_binding_outputs()
             for name in self.outputs:
                 self._io.bind_output(name)

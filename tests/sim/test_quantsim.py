@@ -147,3 +147,25 @@ def test_bound_runs_equal_plain_session_runs_across_switches(build_sim) -> None:
     flipped = {**data, flag: np.array(not sim.bound[flag])}
     assert not np.array_equal(sim.run(flipped)[0], sim.run(data)[0])  # the override applied ...
     assert np.array_equal(sim.run(data)[0], sim.session.run(None, {**sim.bound, **data})[0])  # ... once
+
+
+def test_a_bound_run_keeps_a_scalar_feed_a_scalar() -> None:
+    """A data feed of shape () stays rank 0 (np.ascontiguousarray made it shape (1,): prefix reuse feeds scalar
+    shape arithmetic to its suffix sessions, and Swin's and GPT-2's Unsqueeze -> Concat then failed on rank 2)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sweeper.model.session import BoundRunner, ort_session
+
+    nodes = [helper.make_node("Unsqueeze", ["n", "axes"], ["u"]), helper.make_node("Concat", ["u", "c"], ["y"], axis=0),
+             helper.make_node("Add", ["x", "k"], ["z"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("n", TensorProto.INT64, []),
+                     helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                     helper.make_tensor_value_info("k", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [2]), helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.array([0], np.int64), "axes"), numpy_helper.from_array(np.array([7], np.int64), "c")])
+    runner = BoundRunner(ort_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
+    runner.bind({"k": np.array(1.0, np.float32)})
+    x = np.arange(6, dtype=np.float32).reshape(3, 2).T  # not C-contiguous: bound as a contiguous copy
+    y, z = runner.run({"n": np.array(5, np.int64), "x": x})
+    assert y.tolist() == [5, 7] and np.array_equal(z, x + 1)
