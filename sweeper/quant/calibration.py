@@ -286,7 +286,7 @@ def _collect_reduced(model: onnx.ModelProto, tensors: list[str], reduced: list[s
     from sweeper.model.session import ort_session
 
     aug, names = _with_range_outputs(model, reduced, whole, input_names)
-    sess = ort_session(aug, threads, priority_order=True)
+    sess = ort_session(aug, threads, single_pass=True)
     out_names = [o.name for o in sess.get_outputs()]
     stats = {t: TensorStats(histogram=False, count_fp16_flush=t in flush) for t in tensors}
     shapes: dict[str, tuple[int, ...]] = {}
