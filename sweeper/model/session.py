@@ -36,11 +36,11 @@ def ort_session(model: onnx.ModelProto | bytes, threads: int = 1, optimize: bool
     """A CPU session of ``model`` with ``threads`` intra-op threads (0: ONNX Runtime's default), one
     inter-op thread and quiet logs; ``optimize=False`` turns graph optimizations off; ``exact`` is the
     simulation's mode (LAYOUT or PLAIN, above): the session options under which its results are the export's,
-    bit for bit. ``single_pass`` (a session that runs one pass of a few batches reading intermediate tensors) runs nodes in ONNX Runtime's priority-based order: for a model with nodes
-    added to read intermediate tensors (calibration's reductions) the default order ran them last, keeping every
-    tensor alive to the end (a 296-group recognizer's pass took 6.5 GB more and 3-10x the time); it also turns
-    ONNX Runtime's memory pattern off: a calibration session runs one pass of a few batches, and the pattern
-    costs its first two runs (a 224x224 classifier's pass: 0.60 s instead of 0.87 s)."""
+    bit for bit. ``single_pass``: a session that runs one pass of a few batches with nodes added to read
+    intermediate tensors (calibration's reductions). Its nodes run in ONNX Runtime's priority-based order: the
+    default order ran the readers last, keeping every tensor alive to the end (a 296-group recognizer's pass
+    took 6.5 GB more and 3-10x the time); and the memory pattern is off: it costs a session's first two runs
+    (a 224x224 classifier's pass: 0.60 s instead of 0.87 s)."""
     import onnxruntime as ort
 
     if exact not in (None, LAYOUT, PLAIN):
