@@ -353,7 +353,7 @@ def summary(figs: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
         f"preparation <= {TARGET_PREP_EVALS:g} FP32 evaluations": [
             (f["name"], f["times"]["prepare_fp32_evals"] <= TARGET_PREP_EVALS)
             for f in figs if (f.get("times") or {}).get("prepare_fp32_evals") is not None],
-        f"  the same, driver CPU seconds": [
+        "  the same, driver CPU seconds": [
             (f["name"], f["times"]["prepare_cpu_fp32_evals"] <= TARGET_PREP_EVALS)
             for f in figs if (f.get("times") or {}).get("prepare_cpu_fp32_evals") is not None],
     }

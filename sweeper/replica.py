@@ -24,11 +24,15 @@ import resource
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from sweeper.quant.profile import Profile
+
+if TYPE_CHECKING:
+    from sweeper.eval.early import Outcome
+    from sweeper.eval.target import Target
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ class Evaluation:
     node: str
     peak_rss_mb: float
     store: Any = None
+    samples: int | None = None  # samples evaluated (None: a user metric that reads its data itself)
+    total: int | None = None  # samples in the evaluation data
+    stopped: bool = False  # stopped early: the profile cannot meet the target (sweeper.eval.early)
 
 
 class Exchange(Protocol):
@@ -180,32 +187,34 @@ class Replica:
 
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, profile_json: dict[str, str], reference_json: dict[str, str] | None = None,
-                 store: Any = None) -> Evaluation:
+                 store: Any = None, target: Target | None = None) -> Evaluation:
         """The metric of a profile. With a ``reference`` profile (one most profiles of the call share a
         prefix with), later profiles run from the reference's stored activations (sweeper.sim.reuse).
-        ``store``: another worker's complete store for that reference, to take instead of computing it."""
+        ``store``: another worker's complete store for that reference, to take instead of computing it.
+        ``target``: stop as soon as the profile cannot meet it (sweeper.eval.early; the answer says so)."""
         profile = Profile.from_json(profile_json)
         t0 = time.perf_counter()
         reference = None if reference_json is None else Profile.from_json(reference_json)
-        metric = self._metric(profile, reference, store)
+        out = self._metric(profile, reference, store, target)
         seconds = time.perf_counter() - t0
         node = self.exchange.node_id() if self.exchange is not None else ""
-        return Evaluation(profile_json, metric, seconds, self.name, node, peak_rss_mb(), self._published())
+        return Evaluation(profile_json, float(out.metric), seconds, self.name, node, peak_rss_mb(), self._published(),
+                          out.samples, out.total, out.stopped)
 
-    def _metric(self, profile: Profile, reference: Profile | None, store: Any) -> float:
+    def _metric(self, profile: Profile, reference: Profile | None, store: Any, target: Target | None) -> Outcome:
         reuse = self.reuse
         if reuse is None or reference is None or not reuse.cuts:
             self.sim.apply(profile)
-            return float(self.evaluator.evaluate(self.sim.run, self.data, self.reference))
+            return self.evaluator.outcome(self.sim.run, self.data, self.reference, target)
         reuse.set_reference(reference)
         if store and self.exchange is not None and not reuse.complete():
             payload = self.exchange.fetch(store)
             if payload is not None and reuse.install(payload):
                 reuse.stats["installed"] = reuse.stats.get("installed", 0) + 1
                 self._shared_for = reference.key  # taken from another worker: nothing new to publish
-        metric = float(self.evaluator.evaluate(reuse.run_fn(profile), self.data, self.reference))
-        reuse.finish_run()
-        return metric
+        out = self.evaluator.outcome(reuse.run_fn(profile), self.data, self.reference, target)
+        reuse.finish_run()  # a stopped run ran only some batches: the cuts it stored stay incomplete
+        return out
 
     def fp32_eval(self) -> tuple[float, float]:
         """(metric, seconds) of the FP32 model evaluated like every profile: this worker, its threads, the

@@ -27,9 +27,10 @@ class InProcessPool:
             tag, args = call
             yield tag, getattr(self.worker, method)(*args)
 
-    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None) -> Iterator[Result]:
+    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None,
+                      target: Any = None) -> Iterator[Result]:
         ref = None if reference is None else reference.to_json()
-        for _, ev in self.map_calls("evaluate", [(p.to_json(), ref) for p in profiles]):
+        for _, ev in self.map_calls("evaluate", [(p.to_json(), ref, None, target) for p in profiles]):
             yield result_from(ev)
 
     def close(self) -> None:

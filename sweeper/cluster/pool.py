@@ -23,7 +23,8 @@ from sweeper.quant.profile import Profile
 class WorkerPool(Protocol):
     size: int
 
-    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None) -> Iterator[Result]: ...
+    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None,
+                      target: Any = None) -> Iterator[Result]: ...
 
     def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]: ...
 
@@ -62,11 +63,14 @@ class LazyPool:
             self.startup_seconds += time.perf_counter() - t0
         return self.pool
 
-    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None) -> Iterator[Result]:
+    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None,
+                      target: Any = None) -> Iterator[Result]:
+        """Evaluate profiles in any order; with ``target`` (a :class:`~sweeper.eval.target.Target`) each stops
+        as soon as it cannot meet it."""
         todo = list(profiles)
         if not todo:
             return iter(())
-        return self.started().map_unordered(todo, reference)
+        return self.started().map_unordered(todo, reference, target)
 
     def map_calls(self, method: str, calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
         if not calls:

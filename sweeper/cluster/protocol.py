@@ -20,6 +20,9 @@ class Result:
     worker: str = ""
     node: str = ""  # Ray node id ("" in process)
     peak_rss_mb: float = 0.0
+    samples: int | None = None  # samples evaluated (None: a user metric reading its own data)
+    total: int | None = None  # samples in the evaluation data
+    stopped: bool = False  # stopped early: it cannot meet the target (sweeper.eval.early)
 
 
 class WorkerFactory(Protocol):
@@ -32,7 +35,8 @@ class WorkerFactory(Protocol):
 
 def result_from(ev: Any) -> Result:
     """The Result of what a worker's ``evaluate`` answered."""
-    return Result(Profile.from_json(ev.profile), ev.metric, ev.seconds, ev.worker, ev.node, ev.peak_rss_mb)
+    return Result(Profile.from_json(ev.profile), ev.metric, ev.seconds, ev.worker, ev.node, ev.peak_rss_mb,
+                  getattr(ev, "samples", None), getattr(ev, "total", None), bool(getattr(ev, "stopped", False)))
 
 
 class PoolClosed(RuntimeError):

@@ -245,10 +245,11 @@ class RayPool:
                 exhausted = False
                 yield item
 
-    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None) -> Iterator[Result]:
+    def map_unordered(self, profiles: Iterable[Profile], reference: Profile | None = None,
+                      target: Any = None) -> Iterator[Result]:
         """Evaluate profiles (two calls in flight per worker). Under a ``reference``, the first worker that
         completes the reference's store publishes it and later calls hand it to the others (not once its
-        owner's node is lost)."""
+        owner's node is lost). With ``target``, each evaluation stops once the profile cannot meet it."""
         ref = None if reference is None else reference.to_json()
         it = iter(profiles)
         shared: list[Any] = []
@@ -260,7 +261,7 @@ class RayPool:
                 return None
             if shared and any(n == owner[0] for n, _ in self._dead):
                 shared.clear()  # its owner may be gone: the next worker to complete a store publishes it
-            return None, (p.to_json(), ref, shared[:1] or None)
+            return None, (p.to_json(), ref, shared[:1] or None, target)
 
         for _, ev in self.map_dynamic("evaluate", next_call, depth=2):
             if ev.store is not None:  # the newest one: its owner is alive

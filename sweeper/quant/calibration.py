@@ -230,10 +230,11 @@ def _collect_whole(model: onnx.ModelProto, tensors: list[str], wanted: list[str]
     stats = {t: TensorStats(histogram=histograms, count_fp16_flush=flush is None or t in flush) for t in tensors}
     shapes: dict[str, tuple[int, ...]] = {}
     seen = 0
-    for seen, feeds in _feeds(ds, input_names, batch_size, max_samples):
+    for so_far, feeds in _feeds(ds, input_names, batch_size, max_samples):
         values = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
         values.update(feeds)
         _take_whole(values, wanted, stats, shapes)
+        seen = so_far
     return CalibrationStats(tensors=stats, shapes=shapes, samples=seen)
 
 
@@ -292,7 +293,8 @@ def _collect_reduced(model: onnx.ModelProto, tensors: list[str], reduced: list[s
     shapes: dict[str, tuple[int, ...]] = {}
     special: set[str] = set()
     seen = 0
-    for seen, feeds in _feeds(ds, input_names, batch_size, max_samples):
+    for so_far, feeds in _feeds(ds, input_names, batch_size, max_samples):
+        seen = so_far
         values = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
         values.update(feeds)
         _take_whole(values, whole, stats, shapes)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.cluster.pool import WorkerPool
-from sweeper.cluster.protocol import Result
+from sweeper.cluster.protocol import Result, result_from
 from sweeper.cost.bops import profile_cost
 from sweeper.export.encodings_io import save_export
 from sweeper.export.qdq import export_qdq
@@ -46,6 +46,8 @@ class Evaluated:
     onnx: str | None = None
     encodings: str | None = None
     resumed: bool = False
+    samples_evaluated: int | None = None  # samples the metric is over (None: a user metric reading its data)
+    stopped_early: bool = False  # it cannot meet the target: evaluated on ``samples_evaluated`` only
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -98,16 +100,20 @@ class Sweep:
         self._futures: list[Future[Evaluated]] = []
 
     # -- one profile ------------------------------------------------------------------------------
-    def _evaluated(self, name: str, profile: Profile, metric: float, seconds: float, resumed: bool) -> Evaluated:
+    def _evaluated(self, name: str, profile: Profile, rec: dict[str, Any], resumed: bool) -> Evaluated:
+        """The figures of one profile from its record (``metric``, ``eval_seconds``, and when known
+        ``samples_evaluated`` and ``stopped_early``). A stopped profile never meets the target."""
         ws = self.ws
+        metric = float(rec["metric"])
+        stopped = bool(rec.get("stopped_early", False))
         cost = profile_cost(ws.graph, profile)
-        drop = ws.drop(metric)
         adj = ws.table.adjustments(profile)
-        return Evaluated(name=name, profile_key=profile.key, metric=metric, drop=drop,
-                         meets_target=ws.meets(metric), bops_ratio=cost.bops_ratio, size_mb=cost.size_mb,
-                         est_latency_ms=ws.cost_model.latency_ms(profile), eval_seconds=seconds,
-                         bias_rescaled=len(adj["bias_rescaled"]), fp16_saturated=len(adj["fp16_saturated"]),
-                         fp16_underflow=len(adj["fp16_underflow"]), resumed=resumed)
+        return Evaluated(name=name, profile_key=profile.key, metric=metric, drop=ws.drop(metric),
+                         meets_target=ws.meets(metric) and not stopped, bops_ratio=cost.bops_ratio,
+                         size_mb=cost.size_mb, est_latency_ms=ws.cost_model.latency_ms(profile),
+                         eval_seconds=float(rec["eval_seconds"]), bias_rescaled=len(adj["bias_rescaled"]),
+                         fp16_saturated=len(adj["fp16_saturated"]), fp16_underflow=len(adj["fp16_underflow"]),
+                         resumed=resumed, samples_evaluated=rec.get("samples_evaluated"), stopped_early=stopped)
 
     def _finish(self, ev: Evaluated, profile: Profile, res: Result | None) -> Evaluated:
         """Export, log and record one profile (on the background thread)."""
@@ -132,9 +138,11 @@ class Sweep:
                         "calibration_scheme": ws.exp.calibration.scheme,
                         **{f"groups_{k}": v for k, v in profile.counts().items()}},
                 metrics={"metric": ev.metric, "drop": ev.drop, "bops_ratio": ev.bops_ratio,
-                         "est_latency_ms": ev.est_latency_ms, "size_mb": ev.size_mb, "eval_seconds": ev.eval_seconds},
+                         "est_latency_ms": ev.est_latency_ms, "size_mb": ev.size_mb, "eval_seconds": ev.eval_seconds,
+                         **({} if ev.samples_evaluated is None else {"samples_evaluated": ev.samples_evaluated})},
                 tags={"sweeper.profile_hash": profile.key, "sweeper.strategy": self.strategy,
-                      "sweeper.worker": res.worker, "sweeper.node": res.node},
+                      "sweeper.worker": res.worker, "sweeper.node": res.node,
+                      "sweeper.stopped_early": str(ev.stopped_early).lower()},
                 artifacts={"onnx": onnx_path, "encodings": enc_path} if keep and self.export else None,
                 assignment=profile.to_json(),
             )
@@ -143,7 +151,9 @@ class Sweep:
 
     def _record(self, ev: Evaluated, profile: Profile, res: Result, run_id: str) -> None:
         self.study.record(profile, ev.metric, {"name": ev.name, "metric": ev.metric, "eval_seconds": ev.eval_seconds,
-                                               "worker": res.worker, "node": res.node, "mlflow_run_id": run_id})
+                                               "samples_evaluated": ev.samples_evaluated,
+                                               "worker": res.worker, "node": res.node, "mlflow_run_id": run_id},
+                          stopped_at=(ev.samples_evaluated or 0) if ev.stopped_early else None)
 
     def _submit(self, ev: Evaluated, profile: Profile, res: Result | None) -> Evaluated:
         """Hand a result to the background thread; the caller goes on at once (workers never wait)."""
@@ -155,39 +165,47 @@ class Sweep:
         return ev
 
     def _cached(self, name: str, profile: Profile) -> Evaluated:
-        rec = self.done[profile.key]
-        ev = self._evaluated(name, profile, float(rec["metric"]), float(rec["eval_seconds"]), True)
+        ev = self._evaluated(name, profile, self.done[profile.key], True)
         return self._submit(ev, profile, None)
+
+    def _known(self, key: str, early: bool) -> bool:
+        """Whether a profile's stored result serves: any result for a caller that lets evaluations stop early;
+        only a full one for a caller that needs the metric itself (a stopped one is evaluated again)."""
+        rec = self.done.get(key)
+        return rec is not None and (early or not rec.get("stopped_early", False))
 
     def _fresh(self, name: str, res: Result) -> Evaluated:
         if res.worker:
             self.peak_rss_mb[res.worker] = max(self.peak_rss_mb.get(res.worker, 0.0), round(res.peak_rss_mb, 1))
-        self.done[res.profile.key] = {"metric": res.metric, "eval_seconds": res.eval_seconds}
+        self.done[res.profile.key] = {"metric": res.metric, "eval_seconds": res.eval_seconds,
+                                      "samples_evaluated": res.samples, "stopped_early": res.stopped}
         self.ws.evaluated[res.profile.key] = self.done[res.profile.key]
-        ev = self._evaluated(name, res.profile, res.metric, res.eval_seconds, False)
+        ev = self._evaluated(name, res.profile, self.done[res.profile.key], False)
         return self._submit(ev, res.profile, res)
 
     # -- many profiles ----------------------------------------------------------------------------
-    def evaluate(self, pool: WorkerPool, profiles: dict[str, Profile], reference: Profile | None = None
-                 ) -> dict[str, Evaluated]:
+    def evaluate(self, pool: WorkerPool, profiles: dict[str, Profile], reference: Profile | None = None,
+                 early: bool = False) -> dict[str, Evaluated]:
         """Evaluate named profiles (those the study already has are taken from it). Returns as soon as the
         metrics are in; export and logging finish in the background (see :meth:`flush`). ``reference``: a
-        profile most of them share a prefix with (workers then evaluate them from its stored activations)."""
+        profile most of them share a prefix with (workers then evaluate them from its stored activations).
+        ``early``: the caller needs only whether each meets the target, so an evaluation stops as soon as the
+        profile cannot (sweeper.eval.early); such a result is marked ``stopped_early``."""
         by_key: dict[str, list[str]] = {}
         for name, p in profiles.items():
             by_key.setdefault(p.key, []).append(name)
         unique = {p.key: p for p in profiles.values()}
-        todo = [p for k, p in unique.items() if k not in self.done]
+        todo = [p for k, p in unique.items() if not self._known(k, early)]
         if reference is not None:  # the reference first: its worker stores its activations while evaluating it
             todo.sort(key=lambda p: p.key != reference.key)
         bar = progress(len(unique), self.step, initial=len(unique) - len(todo))
         best: float | None = None
         try:
             for key, p in unique.items():
-                if key in self.done:
+                if self._known(key, early):
                     for name in by_key[key]:
                         self._cached(name, p)
-            for res in self._results(pool, todo, reference):
+            for res in self._results(pool, todo, reference, self.ws.target if early else None):
                 names = by_key[res.profile.key]
                 ev = self._fresh(names[0], res)
                 for name in names[1:]:
@@ -203,19 +221,21 @@ class Sweep:
         return {name: self.results[name] for name in profiles}
 
     def stream(self, pool: WorkerPool, next_profile: Callable[[], tuple[str, Profile] | None],
-               total: int | None = None) -> Iterator[tuple[Evaluated, Profile]]:
+               total: int | None = None, early: bool = False) -> Iterator[tuple[Evaluated, Profile]]:
         """Evaluate profiles as a search proposes them: whenever a worker is idle, ``next_profile()`` is
         asked for ``(name, profile)`` (None: nothing more for now); results are yielded as they complete,
-        so an ask/tell search keeps every worker busy. Profiles the study already has are not evaluated."""
+        so an ask/tell search keeps every worker busy. Profiles the study already has are not evaluated.
+        ``early``: as in :meth:`evaluate`."""
         ready: list[tuple[Evaluated, Profile]] = []
+        target = self.ws.target if early else None
 
         def next_call() -> tuple[Any, tuple[Any, ...]] | None:
             while (item := next_profile()) is not None:
                 name, p = item
-                if p.key in self.done:
+                if self._known(p.key, early):
                     ready.append((self._cached(name, p), p))
                     continue
-                return (name, p), (p.to_json(),)
+                return (name, p), (p.to_json(), None, None, target)
             return None
 
         bar = progress(total or 0, self.step) if total else None
@@ -226,7 +246,7 @@ class Sweep:
                     produced = True
                     while ready:
                         yield ready.pop(0)
-                    ev = self._fresh(name, Result(p, out.metric, out.seconds, out.worker, out.node, out.peak_rss_mb))
+                    ev = self._fresh(name, result_from(out))
                     if bar is not None:
                         bar.update(1)
                     yield ev, p
@@ -277,9 +297,9 @@ class Sweep:
         return metric is not None and self.ws.meets(float(metric))
 
     @staticmethod
-    def _results(pool: WorkerPool, todo: list[Profile], reference: Profile | None) -> Iterator[Result]:
+    def _results(pool: WorkerPool, todo: list[Profile], reference: Profile | None, target: Any) -> Iterator[Result]:
         if todo:
-            yield from (pool.map_unordered(todo) if reference is None else pool.map_unordered(todo, reference))
+            yield from pool.map_unordered(todo, reference, target)
 
     def finish(self, metrics: dict[str, float] | None = None, artifacts: list[Path] | None = None) -> None:
         self.flush()

@@ -76,22 +76,31 @@ class SweepStudy:
         self.study = optuna.create_study(study_name=name, storage=rdb, load_if_exists=True, direction="maximize")
 
     def completed(self) -> dict[str, dict[str, Any]]:
-        """profile key -> the record stored with its trial."""
+        """profile key -> the record stored with its trial: complete trials, and pruned ones (evaluations
+        that stopped early, their records marked ``stopped_early``); a later trial of a profile wins."""
         from optuna.trial import TrialState
 
         done: dict[str, dict[str, Any]] = {}
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             rec = t.user_attrs.get(RECORD_ATTR, t.user_attrs)  # older studies kept one attribute per field
             key = rec.get("profile_key")
             if key:
                 done[key] = dict(rec)
+                if t.state == TrialState.PRUNED:
+                    done[key]["stopped_early"] = True
         return done
 
-    def record(self, profile: Profile, metric: float, attrs: dict[str, Any]) -> None:
-        trial = self._optuna.trial.create_trial(
-            value=metric,  # one JSON attribute (one row) rather than one per field
-            user_attrs={RECORD_ATTR: {"profile_key": profile.key, "profile": profile.to_json(), **attrs}},
-        )
+    def record(self, profile: Profile, metric: float, attrs: dict[str, Any], stopped_at: int | None = None) -> None:
+        """One evaluated profile as a trial: complete with its metric, or, when its evaluation stopped early
+        after ``stopped_at`` samples, pruned (Optuna's state for a trial stopped early) with the metric so far as
+        its intermediate value at that step."""
+        record = {"profile_key": profile.key, "profile": profile.to_json(), **attrs}  # one JSON attribute
+        if stopped_at is not None:
+            trial = self._optuna.trial.create_trial(state=self._optuna.trial.TrialState.PRUNED,
+                                                    intermediate_values={int(stopped_at): metric},
+                                                    user_attrs={RECORD_ATTR: record})
+        else:
+            trial = self._optuna.trial.create_trial(value=metric, user_attrs={RECORD_ATTR: record})
         self.study.add_trial(trial)
 
     @property

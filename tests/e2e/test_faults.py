@@ -75,8 +75,8 @@ def test_killed_worker_is_replaced_and_its_profile_reevaluated(tmp_path: Path) -
 
         size = pool.size
 
-        def map_unordered(self, profiles):  # noqa: ANN001, ANN202
-            for i, res in enumerate(pool.map_unordered(profiles)):
+        def map_unordered(self, profiles, reference=None, target=None):  # noqa: ANN001, ANN202
+            for i, res in enumerate(pool.map_unordered(profiles, reference, target)):
                 if i == 0:
                     pid = pool.started().worker_pids()[0]
                     os.kill(pid, signal.SIGKILL)

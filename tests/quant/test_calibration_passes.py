@@ -4,6 +4,7 @@ equal-width histogram gives numpy's counts for the same edges (without numpy's s
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from conftest import cnn_data, cnn_model
 
 from sweeper.model.graph import ModelGraph

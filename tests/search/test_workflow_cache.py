@@ -22,10 +22,10 @@ class CountingPool:
         self.pool, self.seen = pool, Counter()
         self.size = pool.size
 
-    def map_unordered(self, profiles, reference=None):  # noqa: ANN001, ANN201
+    def map_unordered(self, profiles, reference=None, target=None):  # noqa: ANN001, ANN201
         profiles = list(profiles)
         self.seen.update(p.key for p in profiles)
-        return self.pool.map_unordered(profiles, reference)
+        return self.pool.map_unordered(profiles, reference, target)
 
     def __getattr__(self, name: str):  # noqa: ANN204
         return getattr(self.pool, name)
