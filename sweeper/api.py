@@ -88,10 +88,12 @@ def experiment(name: str, model: ModelLike, calibration: DataLike, evaluation: D
                threads_per_worker: int = 1, calibration_scheme: str = "minmax", calibration_samples: int | None = None,
                act_symmetric: bool = False, weight_symmetric: bool = True, per_channel: bool = True,
                tracking_uri: str | None = None, study_storage: str | None = None, cost_target: str = "npu_generic",
-               reuse_memory_mb: int = DEFAULT_REUSE_MB, load_on_workers: bool = False) -> Experiment:
+               reuse_memory_mb: int = DEFAULT_REUSE_MB, load_on_workers: bool = False,
+               early_stop: bool = True) -> Experiment:
     """An :class:`~sweeper.config.experiment.Experiment` built in code (the same object an experiment file
     gives). ``evaluation`` defaults to the calibration data; ``load_on_workers``: each worker calls the
-    ``evaluation`` loader (a callable) itself instead of receiving the data. Errors are
+    ``evaluation`` loader (a callable) itself instead of receiving the data; ``early_stop`` (the file's
+    ``target.early_stop``): pass/fail probes stop once they cannot meet the target. Errors are
     :class:`~sweeper.errors.SweeperError` naming the argument."""
     if not name or any(c in name for c in "/\\ "):
         raise SweeperError("name", f"found {name!r}: expected a non-empty name without spaces or slashes")
@@ -123,7 +125,7 @@ def experiment(name: str, model: ModelLike, calibration: DataLike, evaluation: D
                                                       per_channel=per_channel),
         workers=workers, pool=pool, threads_per_worker=threads_per_worker, output=out.expanduser().resolve(),
         tracking_uri=tracking_uri, study_storage=study_storage, cost_target=cost_target,
-        reuse_memory_mb=reuse_memory_mb, metric_output=metric_output)
+        reuse_memory_mb=reuse_memory_mb, metric_output=metric_output, early_stop=bool(early_stop))
 
 
 class Session:

@@ -54,7 +54,11 @@ def experiment_schema() -> dict[str, Any]:
         "higher_is_better": {"type": "boolean", "default": True},
         "batch_size": {"type": "integer", "minimum": 1, "default": cfg.DEFAULT_BATCH_SIZE},
         "target": _obj({"max_drop": {"type": "number", "minimum": 0,
-                                     "description": "allowed absolute drop vs FP32, in metric units"}}, ("max_drop",)),
+                                     "description": "allowed absolute drop vs FP32, in metric units"},
+                        "early_stop": {"type": "boolean", "default": True,
+                                       "description": "stop evaluating a profile (Step 1 candidates, LiteMP and "
+                                                      "AMP pass/fail probes) once it cannot meet the target"}},
+                       ("max_drop",)),
         "candidates": {"type": "array", "items": PRECISION, "minItems": 1, "uniqueItems": True,
                        "default": list(DEFAULT_CANDIDATES)},
         "calibration": _obj({

@@ -58,7 +58,7 @@ _TOP_KEYS = (
 )
 _MODEL_KEYS = ("onnx", "torch")
 _DATA_KEYS = ("calibration", "evaluation", "load_on_workers")
-_TARGET_KEYS = ("max_drop",)
+_TARGET_KEYS = ("max_drop", "early_stop")
 _CALIBRATION_KEYS = ("scheme", "percentile", "samples", "act_symmetric", "weight_symmetric", "per_channel", "bias")
 _TRACKING_KEYS = ("uri", "artifacts")
 _STUDY_KEYS = ("storage",)
@@ -130,7 +130,9 @@ def _metric(ctx: Ctx, raw: Mapping[str, Any]) -> tuple[str, bool]:
     return text, higher
 
 
-def _max_drop(ctx: Ctx, raw: Mapping[str, Any]) -> float:
+def _target(ctx: Ctx, raw: Mapping[str, Any]) -> tuple[float, bool]:
+    """``target.max_drop`` and ``target.early_stop`` (default true: pass/fail probes stop once they cannot
+    meet the target, sweeper.eval.early)."""
     section = mapping(ctx, required(ctx, raw, "target", "target", "a mapping with max_drop"),
                        "target", _TARGET_KEYS)
     expected = "a number >= 0 (the allowed absolute drop, in metric units)"
@@ -138,7 +140,7 @@ def _max_drop(ctx: Ctx, raw: Mapping[str, Any]) -> float:
                     "target.max_drop", expected)
     if value < 0:
         raise ctx.error("target.max_drop", f"found {value!r} (negative): expected {expected}")
-    return value
+    return value, boolean(ctx, section, "early_stop", "target.early_stop", True)
 
 
 def _candidates(ctx: Ctx, raw: Mapping[str, Any]) -> tuple[Precision, ...]:
@@ -276,7 +278,7 @@ def experiment_from(raw: Any, file: str, p: Path) -> Experiment:
     data = _data(ctx, raw)
     metric, higher = _metric(ctx, raw)
     batch_size = integer(ctx, raw, "batch_size", "batch_size", DEFAULT_BATCH_SIZE, 1)
-    max_drop = _max_drop(ctx, raw)
+    max_drop, early_stop = _target(ctx, raw)
     candidates = _candidates(ctx, raw)
     calibration = _calibration(ctx, raw)
     workers = integer(ctx, raw, "workers", "workers", DEFAULT_WORKERS, 1)
@@ -293,7 +295,7 @@ def experiment_from(raw: Any, file: str, p: Path) -> Experiment:
         workers=workers, pool=pool, threads_per_worker=threads, output=output, tracking_uri=tracking_uri,
         tracking_artifacts=tracking_artifacts, study_storage=study_storage, cost_target=cost_target,
         reuse_memory_mb=reuse_mb, metric_output=_metric_output(ctx, raw), qat=_qat(ctx, raw),
-        workflow=_workflow(ctx, raw), rounding=_rounding(ctx, raw),
+        workflow=_workflow(ctx, raw), rounding=_rounding(ctx, raw), early_stop=early_stop,
     )
 
 

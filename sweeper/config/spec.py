@@ -102,3 +102,4 @@ class Experiment:
     qat: QATSpec = QATSpec()  # quantization-aware training settings
     workflow: WorkflowSpec = WorkflowSpec()  # sweeper run's rules
     rounding: Path | None = None  # AdaRound's learned weights (an adaround folder or its rounding.npz)
+    early_stop: bool = True  # target.early_stop: pass/fail probes stop once they cannot meet the target

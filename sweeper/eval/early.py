@@ -11,7 +11,9 @@ is certain, never an estimate:
 * ``sqnr``: 10 log10(total signal / noise so far). The FP32 reference gives the total signal before any
   batch runs, and noise only grows.
 
-A stopped evaluation is never a result that meets the target, is never accepted and never on a Pareto front;
+The metric over the samples a stopped evaluation ran misses the target too (it is never above the bound,
+or below it when lower is better), so a stopped profile fails whichever of the two a step reads. A stopped
+evaluation is never a result that meets the target, is never accepted and never on a Pareto front;
 it is recorded as stopped with the samples it used (``samples_evaluated``, ``stopped_early``), and a step
 that needs the full metric of a profile evaluates it again.
 """

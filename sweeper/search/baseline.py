@@ -73,7 +73,7 @@ class BaselineStep(Step):
         if self._asked:
             return None
         self._asked = True
-        return Batch(self.profiles)
+        return Batch(self.profiles, early=True)  # a candidate that cannot meet the target stops early
 
     def observe(self, results: dict[str, Evaluated], profiles: dict[str, Profile]) -> None:
         self.results.update(results)
@@ -107,6 +107,8 @@ def format_table(rep: BaselineReport, metric: str) -> str:
              f"{'fp32':<10} {rep.fp32_metric:>10.4f} {0.0:>9.4f} {'-':>7} {'-':>8} {'-':>9} {'-':>7}"]
     for r in rep.rows:
         mark = "ok" if r.meets_target else "-"
+        if r.stopped_early:  # its metric is over the samples it ran: it could not meet the target any more
+            mark = f"-   (stopped after {r.samples_evaluated} samples: cannot meet the target)"
         if r.name == rep.chosen:
             mark = "ok  <= chosen (lowest cost meeting the target)"
         lines.append(f"{r.name:<10} {r.metric:>10.4f} {r.drop:>9.4f} {r.bops_ratio:>6.2f}x {r.size_mb:>8.3f} "

@@ -195,6 +195,7 @@ class Sweep:
         for name, p in profiles.items():
             by_key.setdefault(p.key, []).append(name)
         unique = {p.key: p for p in profiles.values()}
+        early = early and self.ws.exp.early_stop
         todo = [p for k, p in unique.items() if not self._known(k, early)]
         if reference is not None:  # the reference first: its worker stores its activations while evaluating it
             todo.sort(key=lambda p: p.key != reference.key)
@@ -227,6 +228,7 @@ class Sweep:
         so an ask/tell search keeps every worker busy. Profiles the study already has are not evaluated.
         ``early``: as in :meth:`evaluate`."""
         ready: list[tuple[Evaluated, Profile]] = []
+        early = early and self.ws.exp.early_stop
         target = self.ws.target if early else None
 
         def next_call() -> tuple[Any, tuple[Any, ...]] | None:

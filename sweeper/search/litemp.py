@@ -97,7 +97,7 @@ class LiteMPStep(Step):
 
     def _batch(self, items: list[tuple[float, list[str], Profile]]) -> Batch:
         self._pending = {f"k{k:g}": (k, flipped) for k, flipped, _ in items}
-        return Batch({f"k{k:g}": p for k, _, p in items}, reference=self.base_profile)
+        return Batch({f"k{k:g}": p for k, _, p in items}, reference=self.base_profile, early=True)  # pass/fail
 
     def propose(self) -> Batch | None:
         passing = [pt for pt in self.points if pt.result.meets_target]

@@ -34,10 +34,12 @@ from sweeper.tracking.tracker import Tracker
 @dataclass
 class Batch:
     """Profiles to evaluate together (in parallel); ``reference``: the profile most of them share a
-    prefix with (workers run them from its stored activations)."""
+    prefix with (workers run them from its stored activations); ``early``: the step needs only whether each
+    meets the target (pass/fail probes), so each evaluation stops as soon as it cannot (sweeper.eval.early)."""
 
     profiles: dict[str, Profile]
     reference: Profile | None = None
+    early: bool = False
 
 
 @dataclass
@@ -133,7 +135,7 @@ def _drive(step: Step, sweep: Sweep, pool: Any) -> None:
             for ev, profile in sweep.stream(pool, proposal.next_profile, total=proposal.total):
                 step.observe({ev.name: ev}, {ev.name: profile})
         else:
-            results = sweep.evaluate(pool, proposal.profiles, reference=proposal.reference)
+            results = sweep.evaluate(pool, proposal.profiles, reference=proposal.reference, early=proposal.early)
             step.observe(results, proposal.profiles)
 
 

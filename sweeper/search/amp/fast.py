@@ -269,7 +269,7 @@ class FastAMP:
         if self._stage == "search":
             while True:
                 if probes := self._search_probes(state, ok) or self._breaking_move_probes(state, ok):
-                    return Batch(probes)
+                    return Batch(probes, early=True)
                 if not self._rebuild(state, ok):
                     break
             lo, _ = self.bounds(state, ok)
@@ -280,15 +280,15 @@ class FastAMP:
                 self.repair_rounds -= 1
                 if probes := self._repair_probes(state, answer):
                     self.repairs.append({"from": answer.label(), "tried": sorted(probes)})
-                    return Batch(probes, reference=answer)
+                    return Batch(probes, reference=answer, early=True)
             self._stage = "uniform"
         if self._stage == "uniform":
             self._stage = "known_uniform"
             if probes := self._uniform_probes(state, ok, answer):
-                return Batch(probes)
+                return Batch(probes, early=True)
         if self._stage == "known_uniform":
             if probes := self._passing_uniform_probes(state, ok):
-                return Batch(probes)
+                return Batch(probes, early=True)
             if self._rebase(state, ok):
                 self._stage = "search"
                 return self.propose(state, ok)

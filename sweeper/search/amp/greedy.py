@@ -99,7 +99,8 @@ class GreedyAMP:
             return None
         k = min(self.workers, len(unknown))
         probes = sorted({unknown[round((j + 1) * (len(unknown) + 1) / (k + 1)) - 1] for j in range(k)})
-        return Batch({f"p2:{i}": self.pareto_list[i] for i in probes}, reference=self.base_profile)
+        return Batch({f"p2:{i}": self.pareto_list[i] for i in probes}, reference=self.base_profile,
+                     early=True)  # phase 2 probes decide pass/fail only (phase 1's metrics rank: never stopped)
 
     def accepted(self, state: AMPState, ok: Callable[[float], bool]) -> Profile | None:
         rng = self._range(state, ok)

@@ -111,7 +111,9 @@ def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup:
     ws, cost_of, st, ok = step.ws, step.cost, step.state, step.ok
     higher = ws.exp.higher_is_better
     reports = {k: s.report(st, ok) for k, s in step.searches.items()}
-    points = [(ev.metric if higher else -ev.metric, cost_of(p), (p, ev)) for p, ev in st.evaluated.values()]
+    # a profile whose evaluation stopped early is on no front and never the answer (its metric is partial)
+    points = [(ev.metric if higher else -ev.metric, cost_of(p), (p, ev)) for p, ev in st.evaluated.values()
+              if not ev.stopped_early]
     passing = [(c, m, item) for m, c, item in points if ok(item[1].metric)]
     accepted = min(passing, key=lambda t: (t[0], -t[1]))[2] if passing else None
     front = pareto_front(points)
@@ -149,7 +151,8 @@ def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup:
            "pareto_front": front_doc, "latency_rank_correlation": corr, "latency": latency_doc(ws, lat, corr),
            "greedy": reports.get("greedy"), "fast": reports.get("fast"), "optuna": reports.get("optuna"),
            "faults": ctx.pool.faults() if hasattr(ctx.pool, "faults") else None,
-           "all": [{"name": ev.name, "metric": ev.metric, "cost": cost_of(p), "profile": p.label()}
+           "all": [{"name": ev.name, "metric": ev.metric, "cost": cost_of(p), "profile": p.label(),
+                    "samples_evaluated": ev.samples_evaluated, "stopped_early": ev.stopped_early}
                    for p, ev in st.evaluated.values()]}
     (ctx.staging / "pareto.png").write_bytes(plot.result())
     metrics = {"fp32_metric": ws.fp32_metric, "evaluations": float(len(st.evaluated)), "search_seconds": search_seconds}
