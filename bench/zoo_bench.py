@@ -207,6 +207,20 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def _samples(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Samples a step's fresh evaluations pushed through the simulation (``used``: what early stopping left;
+    ``full``: every fresh profile on all the data, as without it), from its result entries
+    (``samples_evaluated``, ``stopped_early``, ``resumed``). None when the metric does not count samples."""
+    fresh = [e for e in entries if not e.get("resumed")]
+    whole = [e["samples_evaluated"] for e in entries if e.get("samples_evaluated") and not e.get("stopped_early")]
+    if not whole:
+        return None
+    n = max(whole)
+    used = sum(e.get("samples_evaluated") or n for e in fresh)
+    return {"evaluations": len(fresh), "stopped": sum(bool(e.get("stopped_early")) for e in fresh),
+            "used": used, "full": n * len(fresh), "per_evaluation": n}
+
+
 def _amp_figures(doc: dict[str, Any], kind: str, fp32_s_fallback: float | None) -> dict[str, Any]:
     """One AMP results.json: evaluations, search seconds (and in FP32 evaluations of the same run's workers;
     the baseline's when this run started none), the accepted profile and its BOPs ratio, workers' peak RSS."""
@@ -219,7 +233,8 @@ def _amp_figures(doc: dict[str, Any], kind: str, fp32_s_fallback: float | None) 
             "noise_seconds": report.get("noise_seconds"),
             "search_seconds": search, "fp32_eval_seconds": fp32_s, "search_fp32_evals": _ratio(search, fp32_s),
             "accepted": acc.get("profile"), "accepted_metric": acc.get("metric"),
-            "accepted_bops": acc.get("bops_ratio"), "worker_peak_rss_mb": doc.get("worker_peak_rss_mb") or {}}
+            "accepted_bops": acc.get("bops_ratio"), "worker_peak_rss_mb": doc.get("worker_peak_rss_mb") or {},
+            "samples": _samples(doc.get("all") or [])}
 
 
 def figures(child: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +262,8 @@ def figures(child: dict[str, Any]) -> dict[str, Any]:
         prep_cpu = (base.get("prepare_seconds") or {}).get("cpu")  # the driver's CPU seconds (Ray starts beside)
         fig["step1"] = {"fp32": base["fp32_metric"], "chosen": base.get("chosen"),
                         **{k: r["metric"] for k, r in rows.items()}}
+        fig["step1_samples"] = _samples(list(rows.values()))
+        fig["step1_stopped"] = sorted(k for k, r in rows.items() if r.get("stopped_early"))
         fig["times"] = {"fp32_eval_seconds": fp32_s, "w8a8_eval_seconds": w8a8_s, "prepare_seconds": prep,
                         "w8a8_fp32_evals": _ratio(w8a8_s, fp32_s), "prepare_fp32_evals": _ratio(prep, fp32_s),
                         "prepare_cpu_seconds": prep_cpu, "prepare_cpu_fp32_evals": _ratio(prep_cpu, fp32_s),
@@ -272,8 +289,9 @@ def flags(fig: dict[str, Any]) -> list[str]:
         return []
     sign, below = (1.0, "below") if fig["higher_is_better"] else (-1.0, "worse than (lower is better)")
     out = []
+    stopped = set(fig.get("step1_stopped") or [])  # a stopped precision's metric is partial: never the lower one
     for hi, lo in INVERSIONS:
-        if (s1.get(hi) is not None and s1.get(lo) is not None and sign * (s1[lo] - s1[hi]) > TOL
+        if (s1.get(hi) is not None and s1.get(lo) is not None and lo not in stopped and sign * (s1[lo] - s1[hi]) > TOL
                 and sign * (s1["fp32"] - s1[hi]) > TOL):
             out.append(f"inversion: {hi} {s1[hi]:.4f} {below} {lo} {s1[lo]:.4f}")
     if s1.get("w16a16") is not None and sign * (s1["fp32"] - s1["w16a16"]) > TOL:
@@ -312,6 +330,11 @@ def model_table(fig: dict[str, Any]) -> list[str]:
                      f"{_fmt(t['w8a8_fp32_evals'], '.2f')}x FP32; preparation {_fmt(t['prepare_seconds'], '.3f')} s"
                      f" = {_fmt(t['prepare_fp32_evals'], '.1f')} FP32 evaluations (driver CPU "
                      f"{_fmt(t.get('prepare_cpu_seconds'), '.3f')} s = {_fmt(t.get('prepare_cpu_fp32_evals'), '.1f')})"))
+    used, full = _samples_total([fig])
+    if full:
+        rows.append(("samples", f"Step 1 + fast AMP {used} of {full} ({_fmt(used / full, '.2f')}x without early "
+                                f"stopping); stopped in Step 1: {', '.join(fig.get('step1_stopped') or []) or 'none'}, "
+                                f"in fast: {((fig.get('fast') or {}).get('samples') or {}).get('stopped', 0)}"))
     if "fast" in fig:
         rows.append(("AMP fast", _amp_line(fig["fast"])))
     if "greedy" in fig:
@@ -324,6 +347,17 @@ def model_table(fig: dict[str, Any]) -> list[str]:
     if s1:
         rows.append(("flags", "; ".join(fig["flags"]) or "none"))
     return [head] + [f"  {k:<12} {v}" for k, v in rows]
+
+
+def _samples_total(figs: list[dict[str, Any]]) -> tuple[int, int]:
+    """Samples of Step 1 and fast AMP over ``figs``: (used, as without early stopping); models whose metric
+    does not count samples are left out."""
+    used = full = 0
+    for f in figs:
+        for got in (f.get("step1_samples"), (f.get("fast") or {}).get("samples")):
+            if got:
+                used, full = used + got["used"], full + got["full"]
+    return used, full
 
 
 def summary(figs: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
@@ -342,6 +376,10 @@ def summary(figs: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
                      f"{_fmt(peak, '.0f'):>10}")
     done = sum(f["completed"] for f in figs)
     lines += ["", f"completed: {done}/{len(figs)} ({100 * done / max(len(figs), 1):.0f} %)"]
+    used, full = _samples_total(figs)
+    counted = sum(bool(f.get("step1_samples")) for f in figs)
+    lines.append(f"samples of Step 1 + fast AMP: {used} of {full} without early stopping "
+                 f"({_fmt(used / full if full else None, '.2f')}x) on the {counted} models whose metric counts samples")
     targets = {
         f"w16a16 within {TOL} of FP32": [(f["name"], not any(x.startswith("w16a16") for x in f["flags"]))
                                          for f in figs if (f.get("step1") or {}).get("w16a16") is not None],

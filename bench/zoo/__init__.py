@@ -55,8 +55,12 @@ class ZooModel:
         """A :class:`sweeper.Experiment` of this model; ``overrides`` replace arguments of
         :func:`sweeper.experiment` (``candidates``, ``output``, ``pool``...)."""
         import sweeper
+        from bench.zoo._util import Fidelity, with_index
 
-        return sweeper.experiment(self.name, **{**self.spec(cache_dir), **overrides})
+        spec = self.spec(cache_dir)
+        if isinstance(spec.get("metric"), Fidelity):  # per-sample scores: its samples say where they are
+            spec["evaluation"] = with_index(spec["evaluation"])
+        return sweeper.experiment(self.name, **{**spec, **overrides})
 
 
 def _m(name: str, builder: str, source: str, arch: str, description: str, tags: str) -> ZooModel:

@@ -122,10 +122,30 @@ def _cosines(out: np.ndarray, ref: np.ndarray, batch_axis: int) -> np.ndarray:
     return np.where(finite, np.clip(cos, -1.0, 1.0), -1.0)
 
 
+SAMPLE_INDEX = "sample_index"  # the evaluation data's key holding each sample's position (see with_index)
+
+
+def with_index(data: Any) -> Any:
+    """Evaluation data whose samples say where they are (``SAMPLE_INDEX``): a dict of arrays gets an index
+    array, each feed of a list a copy with its index. sweeper hands a per-sample metric slices of its data
+    (:func:`sweeper.per_sample_metric`); :class:`Fidelity` finds each sample's FP32 reference by it."""
+    if isinstance(data, dict):
+        n = next(len(v) for v in data.values() if np.ndim(v))
+        return {**data, SAMPLE_INDEX: np.arange(n)}
+    if isinstance(data, (list, tuple)):
+        return [{**feed, SAMPLE_INDEX: np.int64(i)} for i, feed in enumerate(data)]
+    return data
+
+
 class Fidelity:
-    """Metric ``fn(run, data)``: the mean cosine similarity, sample by sample, of the model's outputs to the
-    FP32 model's (the given output indices, default every output), averaged over those outputs. A sample with
-    NaN/inf counts as -1. ``batch_axis``: where the samples are in the outputs (1 for ``[T, batch, C]``)."""
+    """Metric ``fn(run, data)``: per sample, the cosine similarity of the model's outputs to the FP32 model's
+    (the given output indices, default every output), averaged over those outputs; a sample with NaN/inf
+    counts as -1. It declares these per-sample scores in [-1, 1] (:func:`sweeper.per_sample_metric`), so
+    sweeper averages them and may stop a failing profile's evaluation early; it then gets slices of the data,
+    whose ``SAMPLE_INDEX`` (:func:`with_index`) locates the reference rows. ``batch_axis``: where the samples
+    are in the outputs (1 for ``[T, batch, C]``)."""
+
+    sweeper_score_range = (-1.0, 1.0)
 
     def __init__(self, reference: list[Any], input_names: Sequence[str], batch_size: int,
                  outputs: Sequence[int] | None = None, batch_axis: int = 0) -> None:
@@ -142,24 +162,25 @@ class Fidelity:
         return cls(fp32_outputs(model, data, input_names, batch_size, batch_axis), input_names, batch_size,
                    outputs, batch_axis)
 
-    def __call__(self, run: RunFn, data: Any) -> float:
+    def __call__(self, run: RunFn, data: Any) -> np.ndarray:
         scores: list[np.ndarray] = []
+        if isinstance(data, (list, tuple)):
+            for pos, feed in enumerate(data):
+                outs = run({k: np.asarray(feed[k]) for k in self.input_names})
+                i = int(feed.get(SAMPLE_INDEX, pos))
+                scores.append(np.mean([_cosines(np.asarray(outs[j])[None], np.asarray(self.reference[j][i])[None], 0)
+                                       for j in self.outputs], axis=0))
+            return np.concatenate(scores) if scores else np.zeros(0)
+        index = np.asarray(data[SAMPLE_INDEX]) if SAMPLE_INDEX in data else None
         offset = 0
-        for i, feeds in enumerate(_batches(data, self.input_names, self.batch_size)):
+        for feeds in _batches(data, self.input_names, self.batch_size):
             outs = run(feeds)
-            per_output = []
-            for j in self.outputs:
-                if isinstance(data, (list, tuple)):
-                    ref = self.reference[j][i]
-                    per_output.append(_cosines(np.asarray(outs[j])[None], np.asarray(ref)[None], 0))
-                else:
-                    n = np.asarray(outs[j]).shape[self.batch_axis]
-                    ref = np.take(self.reference[j], np.arange(offset, offset + n), axis=self.batch_axis)
-                    per_output.append(_cosines(outs[j], ref, self.batch_axis))
-            if not isinstance(data, (list, tuple)):
-                offset += len(per_output[0])
-            scores.append(np.mean(per_output, axis=0))
-        return float(np.mean(np.concatenate(scores))) if scores else 0.0
+            n = np.asarray(outs[self.outputs[0]]).shape[self.batch_axis]
+            rows = np.arange(offset, offset + n) if index is None else index[offset:offset + n]
+            scores.append(np.mean([_cosines(outs[j], np.take(self.reference[j], rows, axis=self.batch_axis),
+                                            self.batch_axis) for j in self.outputs], axis=0))
+            offset += n
+        return np.concatenate(scores) if scores else np.zeros(0)
 
 
 # ---------------------------------------------------------------------------------------------- text

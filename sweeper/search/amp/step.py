@@ -152,7 +152,8 @@ def _amp_result(step: AMPStep, ctx: StepContext, search_seconds: float, startup:
            "greedy": reports.get("greedy"), "fast": reports.get("fast"), "optuna": reports.get("optuna"),
            "faults": ctx.pool.faults() if hasattr(ctx.pool, "faults") else None,
            "all": [{"name": ev.name, "metric": ev.metric, "cost": cost_of(p), "profile": p.label(),
-                    "samples_evaluated": ev.samples_evaluated, "stopped_early": ev.stopped_early}
+                    "samples_evaluated": ev.samples_evaluated, "stopped_early": ev.stopped_early,
+                    "resumed": ev.resumed}
                    for p, ev in st.evaluated.values()]}
     (ctx.staging / "pareto.png").write_bytes(plot.result())
     metrics = {"fp32_metric": ws.fp32_metric, "evaluations": float(len(st.evaluated)), "search_seconds": search_seconds}
