@@ -161,6 +161,8 @@ def format_litemp(rep: LiteMPReport, metric: str) -> str:
     for pt in rep.points:
         r = pt.result
         mark = "ok" if r.meets_target else "-"
+        if r.stopped_early:  # its metric is over the samples it ran
+            mark += f"   (stopped after {r.samples_evaluated} samples: cannot meet the target)"
         if rep.chosen is pt:
             mark += "  <= chosen (smallest k meeting the target)"
         lines.append(f"{pt.k:>5g} {len(pt.flipped):>7} {r.metric:>10.4f} {r.drop:>9.4f} {r.bops_ratio:>6.2f}x "
