@@ -36,8 +36,8 @@ def _amp(exp: Path, pool: str, kill: bool) -> tuple[dict[str, Any], list[int]]:
             runner = s.pool(amp_needs(list(s.exp.candidates), "greedy", len(s.ws.graph.groups)))
             evaluate = runner.map_unordered
 
-            def kill_after_first(profiles, reference=None):  # noqa: ANN001, ANN202
-                it = evaluate(profiles) if reference is None else evaluate(profiles, reference)
+            def kill_after_first(profiles, reference=None, target=None):  # noqa: ANN001, ANN202
+                it = evaluate(profiles, reference, target)
                 for res in it:
                     if not killed:
                         pid = runner.started().worker_pids()[0]

@@ -100,12 +100,13 @@ def test_killed_worker_is_replaced_and_its_profile_reevaluated(tmp_path: Path) -
 
 
 def _completed_trials(db: Path) -> int:
-    """Completed trials in a study database, read without writing (never races the driver's schema creation)."""
+    """Finished trials in a study database (complete, or pruned: evaluations that stopped early), read without
+    writing (never races the driver's schema creation)."""
     if not db.exists():
         return 0
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            return int(con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0])
+            return int(con.execute("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()[0])
     except sqlite3.Error:  # the driver is creating the schema right now
         return 0
 
