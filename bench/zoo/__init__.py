@@ -43,24 +43,25 @@ class ZooModel:
     tags: tuple[str, ...]
 
     def spec(self, cache_dir: str | Path | None = None) -> dict[str, Any]:
-        """The arguments of :func:`sweeper.experiment` (built, or read from the cache)."""
-        from bench.zoo._util import DEFAULT_CACHE
+        """The arguments of :func:`sweeper.experiment` (built, or read from the cache). A :class:`Fidelity`
+        metric's evaluation data carries each sample's index (``with_index``): it declares per-sample scores,
+        so sweeper hands it slices of the data."""
+        from bench.zoo._util import DEFAULT_CACHE, Fidelity, with_index
 
         module, func = self.builder.split(":")
         folder = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
         folder.mkdir(parents=True, exist_ok=True)
-        return getattr(importlib.import_module(module), func)(folder)
+        spec = getattr(importlib.import_module(module), func)(folder)
+        if isinstance(spec.get("metric"), Fidelity):
+            spec["evaluation"] = with_index(spec["evaluation"])
+        return spec
 
     def experiment(self, cache_dir: str | Path | None = None, **overrides: Any) -> Any:
         """A :class:`sweeper.Experiment` of this model; ``overrides`` replace arguments of
         :func:`sweeper.experiment` (``candidates``, ``output``, ``pool``...)."""
         import sweeper
-        from bench.zoo._util import Fidelity, with_index
 
-        spec = self.spec(cache_dir)
-        if isinstance(spec.get("metric"), Fidelity):  # per-sample scores: its samples say where they are
-            spec["evaluation"] = with_index(spec["evaluation"])
-        return sweeper.experiment(self.name, **{**spec, **overrides})
+        return sweeper.experiment(self.name, **{**self.spec(cache_dir), **overrides})
 
 
 def _m(name: str, builder: str, source: str, arch: str, description: str, tags: str) -> ZooModel:

@@ -164,6 +164,7 @@ class Fidelity:
 
     def __call__(self, run: RunFn, data: Any) -> np.ndarray:
         scores: list[np.ndarray] = []
+        self._check_whole_or_indexed(data)
         if isinstance(data, (list, tuple)):
             for pos, feed in enumerate(data):
                 outs = run({k: np.asarray(feed[k]) for k in self.input_names})
@@ -181,6 +182,21 @@ class Fidelity:
                                             self.batch_axis) for j in self.outputs], axis=0))
             offset += n
         return np.concatenate(scores) if scores else np.zeros(0)
+
+    def _check_whole_or_indexed(self, data: Any) -> None:
+        """Without ``SAMPLE_INDEX`` only the whole data has its references where this metric looks: a slice
+        of it would be scored against the first samples' references (a wrong metric, silently)."""
+        indexed = (SAMPLE_INDEX in data[0] if data else True) if isinstance(data, (list, tuple)) \
+            else SAMPLE_INDEX in data
+        if indexed:
+            return
+        ref = self.reference[self.outputs[0]]
+        whole = len(ref) if isinstance(ref, list) else np.asarray(ref).shape[self.batch_axis]
+        n = len(data) if isinstance(data, (list, tuple)) else \
+            next(len(v) for k, v in data.items() if k in self.input_names and np.ndim(v))
+        if n != whole:
+            raise ValueError(f"Fidelity got {n} samples of {whole} without {SAMPLE_INDEX!r}: give the evaluation "
+                             "data through with_index (ZooModel.spec does)")
 
 
 # ---------------------------------------------------------------------------------------------- text
