@@ -92,8 +92,10 @@ def bench_one(name: str, opts: dict[str, Any]) -> None:
                  max_drop=exp.max_drop)
             step = "baseline"
             _say("start", step=step)
-            s.baseline(fresh=True)
+            base = s.baseline(fresh=True)
             _say("done", step=step, results=str(s.exp.output / "baseline" / "results.json"))
+            step = "export check"
+            _say("export", **sim_vs_export(s.ws, base.rows))
             step = "fast"
             _say("start", step=step)
             rep = s.amp(candidates=amp, algorithm="fast", fresh=True, measure=opts["measure"])
@@ -109,6 +111,25 @@ def bench_one(name: str, opts: dict[str, Any]) -> None:
         _say("error", step=step, error=f"{name}: {step} failed: {type(exc).__name__}: {msg} "
              f"[{_innermost_sweeper_frame(exc)}]",
              trace="".join(traceback.format_exception(exc))[-4000:])
+
+
+def sim_vs_export(ws: Any, rows: list[Any]) -> dict[str, Any]:
+    """Every Step-1 precision's exported QDQ model, evaluated under its reference session (the options it records)
+    by the experiment's metric on the evaluation data, against the simulated metric: they must be equal, to the
+    bit. A candidate whose evaluation stopped early is evaluated with the same target, so it stops at the same
+    sample when the two agree. Returns ``{"checked": n, "mismatched": {precision: [sim, export]}}``."""
+    from sweeper.model.session import reference_session
+
+    data = ws.eval_set if ws.eval_set is not None else ws.evaluation_data()
+    mismatched: dict[str, list[float]] = {}
+    for r in rows:
+        sess = reference_session(str(r.onnx), ws.threads)
+        names = [o.name for o in sess.get_outputs()]
+        out = ws.evaluator.outcome(lambda feeds, sess=sess, names=names: sess.run(names, dict(feeds)), data,
+                                   ws.reference, ws.target if r.stopped_early else None)
+        if out.metric != r.metric:
+            mismatched[r.name] = [r.metric, out.metric]
+    return {"checked": len(rows), "mismatched": mismatched}
 
 
 def _child(argv: list[str]) -> None:
@@ -179,6 +200,8 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         msg = json.loads(payload)
         if kind == "info":
             res["info"] = msg
+        elif kind == "export":
+            res["export"] = msg
         elif kind == "start":
             res["started"].append(msg["step"])
         elif kind == "done":
@@ -245,7 +268,7 @@ def figures(child: dict[str, Any]) -> dict[str, Any]:
                            "metric": info.get("metric"), "max_drop": info.get("max_drop"),
                            "higher_is_better": info.get("higher_is_better", True),
                            "amp_candidates": info.get("amp"), "greedy_phase1": info.get("greedy_phase1"),
-                           "greedy_planned": info.get("greedy")}
+                           "greedy_planned": info.get("greedy"), "export": child.get("export")}
     docs: dict[str, Any] = {}
     for step, path in child["done"].items():
         try:
@@ -330,6 +353,10 @@ def model_table(fig: dict[str, Any]) -> list[str]:
                      f"{_fmt(t['w8a8_fp32_evals'], '.2f')}x FP32; preparation {_fmt(t['prepare_seconds'], '.3f')} s"
                      f" = {_fmt(t['prepare_fp32_evals'], '.1f')} FP32 evaluations (driver CPU "
                      f"{_fmt(t.get('prepare_cpu_seconds'), '.3f')} s = {_fmt(t.get('prepare_cpu_fp32_evals'), '.1f')})"))
+    if fig.get("export"):
+        ex = fig["export"]
+        rows.append(("sim = export", f"{ex['checked'] - len(ex['mismatched'])} of {ex['checked']} Step-1 precisions"
+                                     + (f"; differ: {ex['mismatched']}" if ex["mismatched"] else "")))
     used, full = _samples_total([fig])
     if full:
         rows.append(("samples", f"Step 1 + fast AMP {used} of {full} ({_fmt(used / full, '.2f')}x without early "
@@ -383,6 +410,8 @@ def summary(figs: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
     targets = {
         f"w16a16 within {TOL} of FP32": [(f["name"], not any(x.startswith("w16a16") for x in f["flags"]))
                                          for f in figs if (f.get("step1") or {}).get("w16a16") is not None],
+        "sim = export (every Step-1 precision)": [(f["name"], not f["export"]["mismatched"])
+                                                   for f in figs if f.get("export")],
         f"fast <= {TARGET_FAST_VS_GREEDY}x greedy BOPs": [(f["name"], f["fast_vs_greedy"] <= TARGET_FAST_VS_GREEDY)
                                                           for f in figs if f.get("fast_vs_greedy") is not None],
         f"fast search <= {TARGET_SEARCH_EVALS:g} FP32 evaluations": [
