@@ -170,7 +170,8 @@ class Workspace:
         bits = {p.weight_bits for p in exp.candidates if not p.is_float} | {8, 16}
         self.stats.by_weight_bits = collect_weight_aware(
             graph, self.table.weight, bits, self.cal_set, batch_size=exp.batch_size,
-            max_samples=exp.calibration.samples, threads=self.threads, histograms=histograms)
+            max_samples=exp.calibration.samples, threads=self.threads, histograms=histograms,
+            whole=[t for t, st in self.stats.tensors.items() if st.sentinels])
         if clock:
             clock.lap("weight_aware_calibration")
         self._check_encodings()

@@ -154,12 +154,14 @@ def collect(
     threads: int = 0,
     histograms: bool = True,
     fp16_flush: Iterable[str] | None = None,
+    whole: Iterable[str] = (),
 ) -> CalibrationStats:
     """Run the FP32 model once over ``data`` (a dict of arrays batched along axis 0, a list of feed dicts
     passed as given, or a Dataset) and gather the statistics of ``tensors`` and the shapes of ``extra_shapes``.
     ``max_samples`` counts samples in the batched layout and feeds in the feeds layout. ``histograms=False``
     keeps ranges only (min-max calibration reads nothing else); ``fp16_flush`` names the tensors whose float16
-    underflow is counted (None: all).
+    underflow is counted (None: all); ``whole`` names tensors known to need whole values (an earlier pass found
+    masking sentinels in them), so the range-only pass takes them whole at once instead of in a second pass.
 
     With histograms, every tensor comes out of the session whole. Ranges only are reduced inside the session
     (:func:`_with_range_outputs`): a tensor handed to Python costs a fresh buffer and a copy each run (on a
@@ -177,10 +179,11 @@ def collect(
         return _collect_whole(model, tensors, wanted, ds, input_names, batch_size, max_samples, threads,
                               histograms, flush)
     inputs = set(input_names)
-    whole = [t for t in wanted if t in flush or t in inputs]
-    reduced = [t for t in wanted if t not in flush and t not in inputs]
+    known = flush | inputs | set(whole)
+    reduced = [t for t in wanted if t not in known]
     try:
-        stats, shapes, seen, special = _collect_reduced(model, tensors, reduced, whole, ds, input_names,
+        stats, shapes, seen, special = _collect_reduced(model, tensors, reduced, [t for t in wanted if t in known],
+                                                        ds, input_names,
                                                         batch_size, max_samples, threads, flush)
     except Exception:  # noqa: BLE001  (an op ONNX Runtime cannot reduce, an empty tensor...): the whole way
         return _collect_whole(model, tensors, wanted, ds, input_names, batch_size, max_samples, threads,

@@ -60,14 +60,17 @@ def collect_weight_aware(
     max_samples: int | None = None,
     threads: int = 0,
     histograms: bool = True,
+    whole: Iterable[str] = (),
 ) -> dict[int, dict[str, TensorStats]]:
     """Statistics of every activation quantizer of ``graph``, one pass per integer weight bit width, with the
     weights fake-quantized at that width: ``{bits: {tensor: TensorStats}}``. ``data`` is whatever
-    :func:`sweeper.quant.calibration.collect` takes (the calibration data or Dataset)."""
+    :func:`sweeper.quant.calibration.collect` takes (the calibration data or Dataset); ``whole``: tensors the
+    FP32 pass found masking sentinels in (read whole at once, see ``collect``)."""
     out: dict[int, dict[str, TensorStats]] = {}
     for bits in weight_bits_to_calibrate(weight_bits):
         model = model_with_quantized_weights(graph, weight_encoding, bits)
         stats = collect(model, graph.activations, [], data, graph.input_names, batch_size=batch_size,
-                        max_samples=max_samples, threads=threads, histograms=histograms, fp16_flush=())
+                        max_samples=max_samples, threads=threads, histograms=histograms, fp16_flush=(),
+                        whole=whole)
         out[bits] = stats.tensors
     return out

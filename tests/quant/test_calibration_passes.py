@@ -91,3 +91,29 @@ def test_range_readers_follow_their_producers() -> None:
         start = 0 if t == "x" else order.index(t) + 1
         assert set(order[start:start + 4]) == set(names[t]), t
     assert len(aug.graph.node) == len(model.graph.node) + 12
+
+
+def test_tensors_known_to_hold_sentinels_are_read_whole_in_one_pass() -> None:
+    """Given the tensors an earlier pass found sentinels in, the range-only pass reads them whole at once: the
+    same statistics, and no second pass (one session run per batch: 40 samples in batches of 16, 3 runs)."""
+    import onnxruntime as ort
+
+    model, data = _masked_graph()
+    tensors = ["x", "s", "masked", "y"]
+    first = collect(model, tensors, [], data, ["x"], batch_size=16, histograms=False, fp16_flush=())
+    hinted_at = [t for t, st in first.tensors.items() if st.sentinels]
+    assert hinted_at == ["masked"]
+    runs = []
+    real_run = ort.InferenceSession.run
+    ort.InferenceSession.run = lambda self, *a, **k: runs.append(1) or real_run(self, *a, **k)
+    try:
+        again = collect(model, tensors, [], data, ["x"], batch_size=16, histograms=False, fp16_flush=(),
+                        whole=hinted_at)
+        hinted_runs, runs[:] = len(runs), []
+        collect(model, tensors, [], data, ["x"], batch_size=16, histograms=False, fp16_flush=())
+    finally:
+        ort.InferenceSession.run = real_run
+    assert hinted_runs == 3 and len(runs) == 6
+    for t in tensors:
+        a, b = first.tensors[t], again.tensors[t]
+        assert (a.min, a.max, a.count, a.sentinels) == (b.min, b.max, b.count, b.sentinels), t
